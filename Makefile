@@ -1,0 +1,30 @@
+# make demo / make test: each sets up .venv on first use, then runs.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(VENV)/.demo-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $@
+
+demo: $(VENV)/.demo-installed
+	$(BIN)/temalign demo
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check daemon tests tools
+
+test: $(VENV)/.dev-installed lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

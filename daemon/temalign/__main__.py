@@ -1,0 +1,5 @@
+import sys
+
+from temalign.cli import main
+
+sys.exit(main())
