@@ -8,10 +8,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Pair = tuple[float, float]
+
+
+def _check_ordered(value: tuple) -> tuple:
+    if value[0] > value[1]:
+        raise ValueError(f"limits must be [low, high], got {list(value)}")
+    return value
 
 
 class _Knobs(BaseModel):
@@ -22,7 +28,8 @@ class OpticsSettings(_Knobs):
     c_f: Annotated[float, Field(gt=0.1, lt=10.0)] = 1.2
     """C1 value (lens units) that images the C1 crossover on the detector: the smallest spot."""
     ellipticity: Annotated[float, Field(ge=0.0, le=0.3)] = 0.03
-    """Condenser astigmatism: the disc's axes are r(1 + e) and r(1 - e), same area as the circle."""
+    """Condenser astigmatism: the disc's semi-axes are r*k and r/k with k = sqrt((1 + e) / (1 - e))
+    (about r(1 + e) and r(1 - e)), the same area as the circle."""
     ellipse_angle_deg: Annotated[float, Field(ge=-180.0, le=180.0)] = 25.0
     """Direction of the disc's long axis, degrees from +x towards +y (y points down)."""
 
@@ -32,11 +39,13 @@ class BeamSettings(_Knobs):
     """Total beam current on the detector, electrons per second (the dose knob)."""
     source_blur_fov: Annotated[float, Field(ge=0.0, le=0.05)] = 0.0015
     """Edge blur (Gaussian sigma, FOV) from the finite source size."""
-    fringe_amplitude: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
-    """Relative amplitude of the Fresnel fringes just inside the disc edge (0 switches them off)."""
-    fringe_period_fov: Annotated[float, Field(gt=0.0, le=0.1)] = 0.004
-    """Spacing of the first fringes, FOV."""
-    fringe_decay_fov: Annotated[float, Field(gt=0.0, le=0.2)] = 0.01
+    fringe_amplitude: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
+    """Relative amplitude of the Fresnel fringes just inside the disc edge (0 switches them off);
+    scaled by (1 - 0.012 / r), so the focused spot (the crossover image) has none."""
+    fringe_period_fov: Annotated[float, Field(gt=0.0, le=0.1)] = 0.015
+    """Spacing of the first fringe, FOV (inner ones get closer, Fresnel-like, and blur away);
+    about 4 px at 256 px, so the default camera shows the strong fringes the paper saw."""
+    fringe_decay_fov: Annotated[float, Field(gt=0.0, le=0.2)] = 0.03
     """Distance inside the edge over which the fringes die out, FOV."""
 
 
@@ -62,7 +71,7 @@ class SpecimenSettings(_Knobs):
     texture_contrast: Annotated[float, Field(ge=0.0, le=0.9)] = 0.15
     """Rms contrast of the amorphous-carbon-like texture that multiplies the illumination (0: no specimen)."""
     texture_scale_fov: Annotated[float, Field(gt=0.0, le=0.2)] = 0.006
-    """Correlation length of the texture, FOV."""
+    """Correlation length of the texture, FOV (the sigma of the Gaussian that smooths white noise)."""
 
 
 class DisplaySettings(_Knobs):
@@ -111,6 +120,11 @@ class MotorSettings(_Knobs):
     limits_x: tuple[int, int] = (-8388608, 8388607)
     limits_y: tuple[int, int] = (-8388608, 8388607)
 
+    @field_validator("limits_x", "limits_y")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        return _check_ordered(value)
+
 
 class LensSettings(_Knobs):
     start_over_cf: Annotated[float, Field(gt=0.5, lt=2.0)] = 1.0
@@ -119,6 +133,11 @@ class LensSettings(_Knobs):
     """Time for C1 to reach a new value; frames taken sooner show it part way."""
     limits: Pair = (0.6, 2.4)
     """C1 values the lens accepts (lens units)."""
+
+    @field_validator("limits")
+    @classmethod
+    def _ordered(cls, value: Pair) -> Pair:
+        return _check_ordered(value)
 
 
 class TwinSettings(_Knobs):

@@ -1,0 +1,287 @@
+"""The daemon's settings: every key, its unit, its default and the range that is safe on a column.
+
+Strict on purpose: a YAML slip ("3" for 3, `yes` for 1, a typo'd key) is an error, never a guess,
+because these numbers end up moving hardware. Relative paths resolve against the directory given in
+the validation context (`{"base_dir": Path}`; the loader passes the config file's directory), else
+against the working directory.
+
+Adding a section (safety, scheduler, metrics, control...): subclass `Section` with defaults for
+every field, add it to `Settings` with `Field(default_factory=...)`. The loader's messages, `temalign
+config show` and the completeness tests (every key in config/temalign.yaml and docs/configuration.md)
+pick it up from the model."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from temalign.protocol.address import parse_address
+
+TOKEN_MAX_BYTES = 4096
+DISPLAY_PATTERN = re.compile(r"[A-Za-z0-9._-]*:\d+(\.\d+)?")
+
+
+def key_error(key: str, reason: str) -> PydanticCustomError:
+    """An error about `key` (dotted, relative to the model raising it) from a model validator.
+
+    Model validators only know their own location; the loader appends `key` so the message still
+    names the exact key a person has to edit."""
+    return PydanticCustomError("config_key", "{reason}", {"key": key, "reason": reason})
+
+
+def check_address(text: Any) -> str:
+    """HOST:PORT as the config and `--microscope` accept it; ValueError says what is wrong."""
+    if not isinstance(text, str):
+        raise ValueError(f"expected HOST:PORT as text, got {type(text).__name__}")
+    parse_address(text)
+    return text.strip()
+
+
+def _as_path(value: Any) -> Path:
+    if isinstance(value, Path):
+        return value
+    if not isinstance(value, str):
+        raise PydanticCustomError("path_type", "expected a path (text)")
+    if not value.strip():
+        raise ValueError("expected a path, got an empty value")
+    if "\0" in value:
+        raise ValueError("a path cannot contain a NUL character")
+    return Path(value)
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    path = path.expanduser()
+    if not path.is_absolute():
+        context = info.context if isinstance(info.context, dict) else {}
+        base = context.get("base_dir")
+        path = (Path(base) if base is not None else Path.cwd()) / path
+    return Path(os.path.normpath(path))
+
+
+PathText = Annotated[Path, BeforeValidator(_as_path)]
+
+
+def read_token(path: Path) -> str:
+    """The token in `path`: one line, not readable by everyone; ValueError (never the token) if not."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such file") from None
+    except OSError as error:
+        raise ValueError(f"{path}: cannot open: {error.strerror or error}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        if info.st_mode & 0o004:
+            raise ValueError(
+                f"{path}: readable by everyone (mode {stat.S_IMODE(info.st_mode):04o}); "
+                f"the token is a secret: chmod o-rwx {path}"
+            )
+        if info.st_size > TOKEN_MAX_BYTES:
+            raise ValueError(f"{path}: {info.st_size} bytes, a token file holds at most {TOKEN_MAX_BYTES}")
+        raw = os.read(fd, TOKEN_MAX_BYTES + 1)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read: {error.strerror or error}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > TOKEN_MAX_BYTES:
+        raise ValueError(f"{path}: longer than {TOKEN_MAX_BYTES} bytes")
+    try:
+        token = raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    if not token:
+        raise ValueError(f"{path}: empty, expected the token on one line")
+    if any(ch.isspace() or not ch.isprintable() for ch in token):
+        raise ValueError(f"{path}: expected one token on one line, without spaces or control characters")
+    return token
+
+
+class Section(BaseModel):
+    """Base of every settings section: strict types, no unknown keys, immutable once loaded."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_are_defaults(cls, data: Any) -> Any:
+        """`wobble:` with every key commented out reads as null in YAML; it means "all defaults"."""
+        if isinstance(data, dict):
+            sections = {
+                name for name, field in cls.model_fields.items()
+                if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+            }
+            data = {key: ({} if key in sections and value is None else value) for key, value in data.items()}
+        return data
+
+
+class MicroscopeSettings(Section):
+    """Where the protocol server (twin or vendor bridge) is and how long each call may take."""
+
+    address: str = Field(description="HOST:PORT of the protocol server (twin or vendor bridge)")
+    token_file: PathText | None = Field(
+        default=None, description="file holding the protocol token, or null (no token)"
+    )
+    call_timeout_s: Annotated[float, Field(gt=0.0, le=600.0)] = 10.0
+    connect_timeout_s: Annotated[float, Field(gt=0.0, le=600.0)] = 5.0
+    acquire_timeout_s: Annotated[float, Field(gt=0.0, le=600.0)] = 30.0
+
+    _token: str | None = PrivateAttr(default=None)
+
+    @field_validator("address", mode="before")
+    @classmethod
+    def _address(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return check_address(value)
+        return value
+
+    @field_validator("token_file")
+    @classmethod
+    def _token_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _read_token(self) -> MicroscopeSettings:
+        if self.token_file is not None:
+            try:
+                self._token = read_token(self.token_file)
+            except ValueError as error:
+                raise key_error("token_file", str(error)) from None
+        return self
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        """(host, port) to connect to."""
+        return parse_address(self.address)
+
+    @property
+    def token(self) -> str | None:
+        """The token read from `token_file` at load time; None without a token file."""
+        return self._token
+
+
+class CameraSourceSettings(Section):
+    """Frames from `camera.acquire` over the protocol: raw detector counts."""
+
+    exposure_s: Annotated[float, Field(gt=0.0, le=60.0)] | None = 0.1
+
+
+class Region(Section):
+    """A rectangle of screen pixels (X11 root-window coordinates); all four numbers are required."""
+
+    left: Annotated[int, Field(ge=0, le=32767)]
+    top: Annotated[int, Field(ge=0, le=32767)]
+    width: Annotated[int, Field(ge=16, le=16384)]
+    height: Annotated[int, Field(ge=16, le=16384)]
+
+
+class ScreenSourceSettings(Section):
+    """Frames grabbed from the camera software's live view on screen (mss), as a person sees them."""
+
+    region: Region = Field(default_factory=lambda: Region(left=0, top=0, width=512, height=512))
+    display: str | None = None
+    latency_s: Annotated[float, Field(ge=0.0, le=10.0)] = 0.5
+
+    @field_validator("display")
+    @classmethod
+    def _display(cls, value: str | None) -> str | None:
+        if value is not None and not DISPLAY_PATTERN.fullmatch(value):
+            raise ValueError(f"expected an X display such as ':0' or 'host:0.0', got {value!r}")
+        return value
+
+
+class SourceSettings(Section):
+    """Where the 7 frames of a wobble come from."""
+
+    kind: Literal["camera", "screen"] = "camera"
+    camera: CameraSourceSettings = Field(default_factory=CameraSourceSettings)
+    screen: ScreenSourceSettings = Field(default_factory=ScreenSourceSettings)
+
+    @model_validator(mode="after")
+    def _screen_needs_region(self) -> SourceSettings:
+        if self.kind == "screen" and "region" not in self.screen.model_fields_set:
+            raise key_error(
+                "screen.region",
+                "required when kind is screen: the screen pixels of the live view "
+                "({left, top, width, height}); a guessed region would measure the wrong pixels",
+            )
+        return self
+
+
+class WobbleSettings(Section):
+    """The C1 wobble: c0*(1 + w*(k-3)/3) for k = 0..6, a frame after each settle, then C1 back."""
+
+    fraction: Annotated[float, Field(ge=0.005, le=0.10)] = 0.03
+    settle_s: Annotated[float, Field(ge=0.0, le=60.0)] = 2.0
+    restore_attempts: Annotated[int, Field(ge=1, le=50)] = 5
+
+
+class PathSettings(Section):
+    """Where durable state lives."""
+
+    state_dir: PathText = Path("/var/lib/temalign")
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir(cls, value: Path, info: ValidationInfo) -> Path:
+        value = _resolve(value, info)
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a directory")
+        return value
+
+    def ensure_state_dir(self) -> Path:
+        """Create `state_dir` (owner and group only) if missing; ConfigError if that is impossible."""
+        from temalign.errors import ConfigError
+
+        try:
+            self.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        except OSError as error:
+            raise ConfigError(f"paths.state_dir: cannot create {self.state_dir}: "
+                              f"{error.strerror or error}") from error
+        return self.state_dir
+
+
+class LoggingSettings(Section):
+    """How much the daemon logs and in which shape."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class Settings(Section):
+    """Everything the daemon reads from temalign.yaml. Only `microscope.address` is required: the
+    daemon connects to no address nobody wrote down."""
+
+    microscope: MicroscopeSettings
+    source: SourceSettings = Field(default_factory=SourceSettings)
+    wobble: WobbleSettings = Field(default_factory=WobbleSettings)
+    paths: PathSettings = Field(default_factory=PathSettings)
+    logging: LoggingSettings = Field(default_factory=LoggingSettings)
+
+    @model_validator(mode="after")
+    def _acquire_outlasts_exposure(self) -> Settings:
+        exposure = self.source.camera.exposure_s
+        timeout = self.microscope.acquire_timeout_s
+        if self.source.kind == "camera" and exposure is not None and timeout <= exposure:
+            raise key_error(
+                "microscope.acquire_timeout_s",
+                f"{self.microscope.acquire_timeout_s} s is not longer than source.camera.exposure_s "
+                f"({exposure} s): every acquisition would time out",
+            )
+        return self
