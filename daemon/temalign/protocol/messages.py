@@ -76,13 +76,32 @@ class AcquireParams(_Message):
 # ---- results ------------------------------------------------------------------------------------
 
 
+def _ordered_range(pair: tuple[float, float]) -> tuple[float, float]:
+    if not all(math.isfinite(v) for v in pair):
+        raise ValueError("limits must be finite numbers")
+    if pair[0] > pair[1]:
+        raise ValueError(f"limits must be [low, high] with low <= high, got {list(pair)}")
+    return pair
+
+
 class ApertureLimitsModel(_Reply):
     x: tuple[MotorUnits, MotorUnits]
     y: tuple[MotorUnits, MotorUnits]
 
+    @field_validator("x", "y")
+    @classmethod
+    def _check_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        _ordered_range(value)
+        return value
+
 
 class LensLimitsModel(_Reply):
     C1: tuple[Number, Number]
+
+    @field_validator("C1")
+    @classmethod
+    def _check_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _ordered_range(value)
 
 
 class LimitsModel(_Reply):
