@@ -1,0 +1,195 @@
+"""The durable record that makes "C1 always comes back" survive a kill (safety.md, invariant 2).
+
+Before the first change of C1 a wobble writes, atomically and durably, the value C1 had and the
+values it is about to set; a successful restore removes the record. A record found at start
+therefore means a wobble died or failed to restore, and `recover` decides what to do: restore C1
+only while it still holds a value that wobble set (the daemon's own doing), leave it alone when
+it holds anything else (a person changed the optics since: safety.md, "after a crash
+mid-wobble"), and just clear the record when C1 is already back."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from temalign.microscope import Microscope
+from temalign.protocol.errors import ProtocolError
+from temalign.wobble.errors import C1RestoreFailed, PendingRecord, WobbleError
+
+RECORD_NAME = "c1-wobble.json"
+RECORD_VERSION = 1
+DEFAULT_TOLERANCE = 1e-4
+"""Relative difference under which two C1 values are the same: far below a wobble step (1 % at a
+3 % wobble), far above the rounding of a lens read-back."""
+
+
+def same_c1(a: float, b: float, tolerance: float = DEFAULT_TOLERANCE) -> bool:
+    """True if C1 values a and b are the same setting (relative to their size)."""
+    return abs(a - b) <= tolerance * max(abs(a), abs(b), 1e-12)
+
+
+@dataclass(frozen=True)
+class C1Record:
+    """What a wobble left on disk: C1 before it, and every value it sets."""
+
+    c1_before: float
+    values: tuple[float, ...]
+    started: float
+    pid: int
+
+    def to_json(self) -> dict:
+        return {"version": RECORD_VERSION, "c1_before": self.c1_before, "values": list(self.values),
+                "started": self.started, "pid": self.pid}
+
+    @classmethod
+    def from_json(cls, data: object) -> C1Record:
+        if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
+            raise ValueError(f"not a version-{RECORD_VERSION} C1 record")
+        before, values = data.get("c1_before"), data.get("values")
+        if not _finite_number(before):
+            raise ValueError(f"c1_before is not a finite number: {before!r}")
+        if not isinstance(values, list) or not all(_finite_number(v) for v in values):
+            raise ValueError("values is not a list of finite numbers")
+        started, pid = data.get("started", 0.0), data.get("pid", 0)
+        return cls(float(before), tuple(float(v) for v in values),
+                   float(started) if _finite_number(started) else 0.0, pid if isinstance(pid, int) else 0)
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class CorruptRecord(ValueError):
+    """The record exists but cannot be read: its C1 values are unknown."""
+
+
+class C1Memory:
+    """The record in `state_dir`: `begin` before the first change, `clear` after a verified restore,
+    `recover` at start."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], tolerance: float = DEFAULT_TOLERANCE) -> None:
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / RECORD_NAME
+        self.tolerance = tolerance
+
+    # ---- the wobble's side ----------------------------------------------------------------------
+
+    def begin(self, c1_before: float, values: list[float] | tuple[float, ...]) -> C1Record:
+        """Write the record durably; refuses (PendingRecord) while an earlier one is still there,
+        since overwriting it would lose the value C1 must return to."""
+        if self.path.exists():
+            raise PendingRecord(
+                f"an earlier wobble left C1 unrestored (record {self.path}); nothing was changed. "
+                "The recovery at start (temalign wobble, or the daemon) puts C1 back first")
+        record = C1Record(float(c1_before), tuple(float(v) for v in values), time.time(), os.getpid())
+        try:
+            self._write(record)
+        except OSError as error:
+            raise WobbleError(f"cannot write the C1 record {self.path}: {error.strerror or error}; "
+                              "C1 was not changed") from error
+        return record
+
+    def clear(self) -> None:
+        """Remove the record (C1 verified back) and make the removal durable."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_dir(self.state_dir)
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load(self) -> C1Record | None:
+        """The record, None if there is none; CorruptRecord if it cannot be read."""
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as error:
+            raise CorruptRecord(f"cannot read {self.path}: {error}") from error
+        try:
+            return C1Record.from_json(json.loads(text))
+        except ValueError as error:
+            raise CorruptRecord(f"{self.path} is not a valid C1 record: {error}") from error
+
+    def _write(self, record: C1Record) -> None:
+        self.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        data = (json.dumps(record.to_json(), indent=1) + "\n").encode("utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.path)
+        _fsync_dir(self.state_dir)
+
+    # ---- at start -------------------------------------------------------------------------------
+
+    def recover(self, microscope: Microscope) -> str:
+        """Settle what a record left by an earlier wobble means; returns a sentence for the log.
+
+        Raises C1RestoreFailed (the record stays) if C1 must be restored and cannot be, and lets a
+        ProtocolError of the first read through (the record stays: nothing is known yet)."""
+        try:
+            record = self.load()
+        except CorruptRecord as error:
+            return self._set_aside(error, microscope)
+        if record is None:
+            return "no unfinished wobble on record"
+        now = microscope.c1()
+        if same_c1(now, record.c1_before, self.tolerance):
+            self.clear()
+            return (f"an earlier wobble's record was found with C1 already back at {record.c1_before:.6g}; "
+                    "record cleared")
+        if not any(same_c1(now, v, self.tolerance) for v in record.values):
+            self.clear()
+            return (f"an earlier wobble did not finish, but C1 now reads {now:.6g}, neither its value "
+                    f"before ({record.c1_before:.6g}) nor one the wobble set: someone changed C1 since, "
+                    "so it is left alone; record cleared")
+        try:
+            microscope.set_c1(record.c1_before)
+            back = microscope.c1()
+        except ProtocolError as error:
+            raise C1RestoreFailed(
+                f"an earlier wobble left C1 at {now:.6g}; putting it back to {record.c1_before:.6g} "
+                f"failed ({error}). C1 may be off; the record stays for the next start") from error
+        if not same_c1(back, record.c1_before, self.tolerance):
+            raise C1RestoreFailed(
+                f"an earlier wobble left C1 at {now:.6g}; after setting {record.c1_before:.6g} it reads "
+                f"{back:.6g}. C1 may be off; the record stays for the next start")
+        self.clear()
+        return (f"an earlier wobble did not finish and left C1 at {now:.6g}, a value it set: "
+                f"restored to {record.c1_before:.6g}")
+
+    def _set_aside(self, error: CorruptRecord, microscope: Microscope) -> str:
+        """Keep a corrupt record for a person to read, out of the way of the next wobble."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+        try:
+            os.replace(self.path, aside)
+            _fsync_dir(self.state_dir)
+            moved = f"moved to {aside}"
+        except OSError as move_error:
+            moved = f"and could not be moved aside ({move_error.strerror or move_error})"
+        try:
+            reading = f"C1 now reads {microscope.c1():.6g}"
+        except ProtocolError as read_error:
+            reading = f"C1 could not be read ({read_error})"
+        return (f"the record of an earlier wobble is corrupt ({error}); {moved}. Its C1 values are "
+                f"unknown, so C1 is left alone: {reading}. Check C1 by hand")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

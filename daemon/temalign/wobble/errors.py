@@ -1,0 +1,31 @@
+"""What can go wrong in a wobble, said so that a person knows the state of C1 afterwards."""
+
+from __future__ import annotations
+
+from temalign.errors import TemalignError
+
+
+class WobbleError(TemalignError):
+    """The wobble did not complete; C1 is back at the value it had before (it was verified)."""
+
+
+class PendingRecord(WobbleError):
+    """A record of an earlier wobble that did not restore C1 is still on disk: nothing was changed,
+    because overwriting it would lose the value C1 must go back to. Run the recovery first."""
+
+
+class LensDidNotTake(WobbleError):
+    """C1 read back something other than the value just set (a lens that ignores commands)."""
+
+
+class CameraProtectionAbort(WobbleError):
+    """A frame had too many saturated pixels: the wobble stopped at once to protect the camera."""
+
+
+class C1RestoreFailed(TemalignError):
+    """C1 could not be put back: it may be off. The durable record stays, so the next start
+    (`C1Memory.recover`) puts it back if nobody has changed it meanwhile."""
+
+
+class SourceError(TemalignError):
+    """An image source cannot deliver frames (no display, a region off the screen, a bad frame)."""
