@@ -21,7 +21,7 @@ demo: $(VENV)/.demo-installed
 	$(BIN)/temalign demo
 
 lint: $(VENV)/.dev-installed
-	$(BIN)/ruff check daemon tests tools
+	$(BIN)/ruff check .
 
 test: $(VENV)/.dev-installed lint
 	$(BIN)/python -m pytest -q
