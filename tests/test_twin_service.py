@@ -4,7 +4,6 @@ conformance check (../shared/conformance/twin-geometry)."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import os
 import select
@@ -205,14 +204,8 @@ def test_real_client_and_microscope(served) -> None:
 
 
 def _twin_command() -> list[str]:
-    """`temalign twin` through the console script; if another subcommand's module (owned by other
-    work in progress) cannot be imported yet, the same code through `python -m temalign.twin.cli`."""
-    from temalign.cli import COMMAND_MODULES
-
-    script = Path(sys.executable).with_name("temalign")
-    if script.exists() and all(importlib.util.find_spec(m) is not None for m in COMMAND_MODULES):
-        return [str(script), "twin"]
-    return [sys.executable, "-m", "temalign.twin.cli"]
+    """`temalign twin` as the console script runs it."""
+    return [sys.executable, "-m", "temalign", "twin"]
 
 
 def _start(*args: str) -> tuple[subprocess.Popen, int]:

@@ -174,22 +174,3 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     return 0
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m temalign.twin.cli ...`: the twin alone, without the other subcommands' imports."""
-    import sys
-
-    from temalign.errors import TemalignError
-
-    parser = argparse.ArgumentParser(prog="temalign")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["twin", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.handler(args) or 0)
-    except TemalignError as error:
-        print(f"temalign: error: {error}", file=sys.stderr)
-        return error.exit_status
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
