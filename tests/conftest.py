@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+
 from temalign.clock import ScaledClock
 from temalign.twin.model import Twin
 from temalign.twin.settings import TwinSettings

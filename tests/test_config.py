@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import temalign.cli
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
+
+import temalign.cli
 from temalign.config import loader
 from temalign.config.loader import apply_overrides, leaf_keys, load_config, parse_config
 from temalign.config.schema import Settings

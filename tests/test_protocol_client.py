@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from temalign.protocol.client import ProtocolClient
 from temalign.protocol.errors import (
     ConnectFailed,

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from temalign.microscope import Position
 from temalign.protocol.errors import Busy, HardwareFault, OutOfRange, RemoteError
 from temalign.protocol.messages import HelloResult

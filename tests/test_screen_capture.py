@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from temalign.clock import RealClock, SteppedClock
 from temalign.estimate.spots import measure_spot
 from temalign.protocol.errors import Busy

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from temalign.clock import SteppedClock
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.errors import SourceError

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+
 from temalign.microscope import Limits, Microscope, Position
 from temalign.protocol.errors import (
     ConnectFailed,

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+
 from temalign.clock import SteppedClock
 from temalign.estimate.spots import measure_spot
 from temalign.twin import optics

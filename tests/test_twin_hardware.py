@@ -6,6 +6,7 @@ import threading
 
 import numpy as np
 import pytest
+
 from temalign.clock import ScaledClock, SteppedClock
 from temalign.errors import ConfigError
 from temalign.estimate.spots import measure_spot

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from temalign.clock import ScaledClock
 from temalign.estimate.spots import measure_spot
 from temalign.frames import Frame
