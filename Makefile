@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint datasets clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ lint: $(VENV)/.dev-installed
 
 test: $(VENV)/.dev-installed lint
 	$(BIN)/python -m pytest -q
+
+# The twin's datasets: the paper's sets (Table 1) and the harder ones, each reproducible from its seed.
+DATASETS := n14 n13 n10 n6 far low-dose large-aperture
+datasets: $(DATASETS:%=data/%.npz)
+
+data/%.npz: | $(VENV)/.dev-installed
+	mkdir -p data
+	$(BIN)/python tools/acquire.py --twin $* --out $@
 
 clean:
 	rm -rf $(VENV) build *.egg-info
