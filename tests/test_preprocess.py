@@ -4,6 +4,7 @@ FOV; bad stacks are refused by name."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import time
@@ -13,7 +14,16 @@ import pytest
 
 from temalign.clock import SteppedClock
 from temalign.estimate import preprocess
-from temalign.estimate.preprocess import preprocess_batch, resolve, standard, standard_64, standard_128
+from temalign.estimate.preprocess import (
+    physics,
+    physics_64,
+    physics_128,
+    preprocess_batch,
+    resolve,
+    standard,
+    standard_64,
+    standard_128,
+)
 from temalign.twin import optics
 from temalign.twin.display import to_display
 from temalign.twin.model import Twin
@@ -182,3 +192,94 @@ def test_the_runtime_module_does_not_import_tensorflow() -> None:
             "assert not any(m.startswith(('tensorflow', 'keras')) for m in sys.modules), 'TF imported'")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
     assert preprocess.__name__ == "temalign.estimate.preprocess"
+
+
+# ---- physics: the wobble_physics model's input (docs/model-design.md) ----------------------------
+
+def _reference_physics(stack: np.ndarray, side: int) -> np.ndarray:
+    """The design note's original preprocessing (own_models.preprocess_stack as it was measured):
+    an independent oracle for `physics` (explicit area-weight matrices, median-padded rows)."""
+    s = np.asarray(stack, dtype=np.float32)
+    p = np.pad(s, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    h, w = s.shape[1:]
+    nmax = np.max([p[:, i:i + h, j:j + w] for i in range(3) for j in range(3) if (i, j) != (1, 1)], axis=0)
+    s = np.minimum(s, nmax)
+    if h < w:
+        out = np.broadcast_to(np.median(s.reshape(7, -1), axis=1)[:, None, None], (7, w, w)).copy()
+        out[:, (w - h) // 2:(w - h) // 2 + h] = s
+        s = out
+    elif h > w:
+        s = s[:, (h - w) // 2:(h - w) // 2 + w]
+    edges = np.linspace(0.0, w, side + 1)
+    m = np.zeros((side, w), np.float32)
+    for i in range(side):
+        lo, hi = edges[i], edges[i + 1]
+        for j in range(math.floor(lo), min(w, math.ceil(hi))):
+            m[i, j] = min(hi, j + 1) - max(lo, j)
+        m[i] /= hi - lo
+    small = np.einsum("ih,khw,jw->kij", m, s, m, optimize=True)
+    flat = small.reshape(7, -1)
+    lo_k, hi_k = flat.shape[1] // 5, min(flat.shape[1] - 1, round(0.999 * flat.shape[1]))
+    part = np.partition(flat, (lo_k, hi_k), axis=1)
+    bg = part[:, lo_k][:, None, None]
+    small = (small - bg) / np.maximum(part[:, hi_k][:, None, None] - bg, 1e-6)
+    return np.transpose(small, (1, 2, 0))[None].astype(np.float32)
+
+
+@pytest.mark.parametrize(("height", "width"), [(256, 256), (192, 192), (384, 384), (512, 512), (200, 200),
+                                               (192, 256), (320, 256), (130, 128)])
+def test_physics_matches_the_measured_reference(height: int, width: int) -> None:
+    raw, _ = render((90, -60), width=width, height=height)
+    raw[:, 5, 7] = 60000  # a hot pixel
+    for side in (128, 64):
+        assert np.abs(physics(raw, side) - _reference_physics(raw, side)).max() < 1e-5
+
+
+def test_physics_128_shape_dtype_invariance_and_no_clip() -> None:
+    raw, _ = render((120, -80))
+    x = physics_128(raw)
+    assert x.shape == (1, 128, 128, 7) and x.dtype == np.float32
+    assert physics_64(raw).shape == (1, 64, 64, 7)
+    for variant in (raw.astype(np.float32), raw.astype(np.float64), raw.astype(np.int32),
+                    raw.astype(np.float64) * 7.5 + 1000.0):
+        assert np.abs(physics_128(variant) - x).max() < 1e-4
+    # per frame: background (20th percentile) at 0, the 99.9th percentile at 1, and nothing clipped
+    flat = x[0].reshape(-1, 7)
+    ordered = np.sort(flat, axis=0)
+    assert np.abs(ordered[len(flat) // 5]).max() < 1e-6
+    assert np.abs(ordered[round(0.999 * len(flat))] - 1.0).max() < 1e-5
+    assert flat.min() < 0.0 and flat.max() > 1.0  # noise below the background, peaks above the top
+    assert resolve("temalign.estimate.preprocess:physics_128") is physics_128
+
+
+def test_physics_caps_a_hot_pixel_at_its_neighbours() -> None:
+    stack = np.full((7, 256, 256), 100.0, dtype=np.float32)
+    stack[:, 64:192, 64:192] = 1100.0
+    hot = stack.copy()
+    hot[:, 20, 30] = 65535.0  # isolated, on the background
+    hot[:, 128, 128] = 65535.0  # isolated, on the disc
+    assert np.array_equal(physics_128(hot), physics_128(stack))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_physics_refuses_nan_and_bad_shapes(bad: float) -> None:
+    stack = np.ones((7, 32, 32), dtype=np.float32)
+    stack[2, 3, 4] = bad
+    with pytest.raises(ValueError, match=r"NaN or inf.*frame 2, row 3, col 4"):
+        physics_128(stack)
+    with pytest.raises(ValueError, match=r"\(7, H, W\)"):
+        physics_128(np.zeros((6, 32, 32)))
+
+
+def test_physics_is_exact_on_a_high_dynamic_range_stack() -> None:
+    """At a non-integer ratio (192 -> 128 px) the area average reads cumulative sums along a row:
+    unclipped, a focused spot can be 1e4 times the frame's top level, so they are float64 here
+    (float32, as `standard` uses on its clipped frames, put 1 % of the peak onto the background)."""
+    yy, xx = np.mgrid[0:192, 0:192]
+    stack = 50.0 + np.random.default_rng(4).normal(0.0, 5.0, (7, 192, 192))
+    for k in range(7):
+        r = 1.5 + 12.0 * abs(k - 3)
+        stack[k] += 1.2e6 / r**2 * ((yy - 90.3) ** 2 + (xx - 101.7) ** 2 < r * r)
+    a, b = physics(stack, 128), _reference_physics(stack, 128)
+    assert np.abs(a).max() > 1e4  # the focused spot, far above the 99.9th percentile
+    assert (np.abs(a - b) / np.maximum(1.0, np.abs(b))).max() < 1e-5

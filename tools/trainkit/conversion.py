@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter
+from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.python import schema_util
 
@@ -109,11 +109,20 @@ class LiteModel:
     """A .tflite run with LiteRT on a fixed number of threads, one stack per call."""
 
     def __init__(self, model: bytes | str | Path, num_threads: int = 1) -> None:
-        if isinstance(model, bytes | bytearray):
-            self.interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
-        else:
-            self.interpreter = Interpreter(model_path=str(model), num_threads=num_threads)
-        self.interpreter.allocate_tensors()
+        source = ({"model_content": bytes(model)} if isinstance(model, bytes | bytearray)
+                  else {"model_path": str(model)})
+        self.delegate = "xnnpack"
+        try:
+            self.interpreter = Interpreter(**source, num_threads=num_threads)
+            self.interpreter.allocate_tensors()
+        except RuntimeError:
+            # XNNPACK refuses some int8 graphs (degenerate quantisation ranges) at prepare time;
+            # LiteRT's own builtin kernels run every builtin op.
+            self.delegate = "none"
+            plain = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+            self.interpreter = Interpreter(**source, num_threads=num_threads,
+                                           experimental_op_resolver_type=plain)
+            self.interpreter.allocate_tensors()
         self._in = self.interpreter.get_input_details()[0]
         self._out = self.interpreter.get_output_details()[0]
 
@@ -168,7 +177,7 @@ def latency(tflite: bytes | str | Path, inputs: np.ndarray | None = None, *, rep
             times.append(dt * 1000.0)
     t = np.asarray(times)
     return {"p50": float(np.percentile(t, 50)), "p90": float(np.percentile(t, 90)),
-            "mean": float(t.mean()), "repeats": repeats, "threads": num_threads}
+            "mean": float(t.mean()), "repeats": repeats, "threads": num_threads, "delegate": lite.delegate}
 
 
 @dataclass

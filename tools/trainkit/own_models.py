@@ -34,9 +34,11 @@ loss on in-distribution stacks). Output: ``delta / 1000`` (x, y), so the card's
 
 Input: one stack ``(side, side, 7)`` float32 with the frames in wobble order (C1 ascending),
 background removed (about 0 off the disc), any positive per-frame scale, NOT clipped; 128 px
-recommended (the focused spot is then 3 px wide). `preprocess_stack` here (numpy only) is its
-preprocessing; ``preprocess.standard_128`` is fine on the twin but its clip at twice an estimated
-level merges a halo into the disc on the independent renderer (docs/model-design.md).
+recommended (the focused spot is then 3 px wide). Its preprocessing is the runtime's
+``temalign.estimate.preprocess.physics_128`` (numpy only); ``preprocess.standard_128`` is fine on the
+twin but its clip at twice an estimated level merges a halo into the disc on the independent
+renderer (docs/model-design.md). The geometry's constants are ``temalign.twin.optics``'s; the test
+sets and the evaluation behind the design note are in ``trainkit.evaluation``.
 
 `wobble_physics_known` takes a second input (wobble fraction, c0 / c_f), as the daemon sets them,
 and needs no radius at all: 5 to 10 times more accurate and robust to rendering, if the runtime
@@ -48,7 +50,6 @@ CNN on 64 x 64 x 7 with global pooling."""
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,17 +57,13 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from temalign.twin.optics import D_FOV, RADIUS_MIN, RADIUS_PER_G, THETA0_DEG, THETA_PER_U_DEG, WOBBLE_UNIT
+
 try:  # the registry lives in trainkit.models (another module); stay importable without it
     from trainkit.models import register_model as _register
 except ImportError:  # pragma: no cover - only while models.py is absent
     _register = None
 
-D_FOV = 1.25
-THETA0_DEG = 30.0
-THETA_PER_U_DEG = 150.0
-WOBBLE_UNIT = 0.03
-RADIUS_PER_G = 0.156
-RADIUS_MIN = 0.012
 OUTPUT_SCALE = 1000.0
 """Model output times this is delta in motor units."""
 
@@ -288,255 +285,3 @@ MODELS_OWN: dict[str, Callable[..., keras.Model]] = {
 if _register is not None:
     for _name, _builder in MODELS_OWN.items():
         _register(_name, _builder, replace=True)
-
-
-# ---- reference preprocessing and the measuring helpers behind docs/model-design.md -------------
-
-def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) area-averaging weights: output pixel i is the mean of the input over its span."""
-    edges = np.linspace(0.0, n_in, n_out + 1)
-    m = np.zeros((n_out, n_in), np.float32)
-    for i in range(n_out):
-        lo, hi = edges[i], edges[i + 1]
-        for j in range(math.floor(lo), min(n_in, math.ceil(hi))):
-            m[i, j] = min(hi, j + 1) - max(lo, j)
-        m[i] /= hi - lo
-    return m
-
-
-def _clamp_hot(s: np.ndarray) -> np.ndarray:
-    """Each pixel capped at the brightest of its 8 neighbours, at the camera's own sampling: an
-    isolated hot pixel vanishes before resampling can smear it into a cluster."""
-    p = np.pad(s, ((0, 0), (1, 1), (1, 1)), mode="edge")
-    h, w = s.shape[1:]
-    nmax = None
-    for di in (0, 1, 2):
-        for dj in (0, 1, 2):
-            if di == 1 and dj == 1:
-                continue
-            v = p[:, di:di + h, dj:dj + w]
-            nmax = v if nmax is None else np.maximum(nmax, v)
-    return np.minimum(s, nmax)
-
-
-def preprocess_stack(stack: np.ndarray, side: int = 128) -> np.ndarray:
-    """(7, H, W) any dtype -> (1, side, side, 7) float32, numpy only (portable to the daemon as the
-    physics model's preprocessing): hot pixels capped at the camera's own sampling, the frame made
-    square (rows padded with background or cropped), area-averaged to side x side, each frame's
-    background (its 20th percentile: a frame is mostly background) subtracted and the frame divided
-    by its 99.9th percentile above that. No clipping: the model finds the disc's plateau itself, and
-    a clip (as in preprocess.standard, at 2x a level it estimates) can merge a halo into the disc."""
-    s = np.asarray(stack, dtype=np.float32)
-    if s.ndim != 3 or s.shape[0] != 7:
-        raise ValueError(f"a wobble stack is (7, H, W), got shape {s.shape}")
-    s = _clamp_hot(s)
-    _, h, w = s.shape
-    if h != w:  # the FOV is 1.0 wide (twin.md): pad rows with the background, or crop, symmetrically
-        if h < w:
-            fill = np.median(s.reshape(7, -1), axis=1)[:, None, None]
-            top = (w - h) // 2
-            out = np.broadcast_to(fill, (7, w, w)).copy()
-            out[:, top:top + h] = s
-            s = out
-        else:
-            top = (h - w) // 2
-            s = s[:, top:top + w]
-        h = w
-    if h % side == 0:  # an integer factor: block means
-        k = h // side
-        small = s.reshape(7, side, k, side, k).mean(axis=(2, 4))
-    else:
-        ry = _area_matrix(h, side)
-        small = np.einsum("ih,khw,jw->kij", ry, s, ry, optimize=True)
-    flat = small.reshape(7, -1)
-    n = flat.shape[1]
-    lo_k, hi_k = n // 5, min(n - 1, round(0.999 * n))
-    part = np.partition(flat, (lo_k, hi_k), axis=1)  # one partial sort for both levels
-    bg = part[:, lo_k][:, None, None]
-    top = part[:, hi_k][:, None, None] - bg
-    small = (small - bg) / np.maximum(top, 1e-6)
-    return np.transpose(small, (1, 2, 0))[None].astype(np.float32)
-
-
-def to_tflite(model: keras.Model) -> bytes:
-    """Float32 .tflite with builtin ops only (converter from a concrete function, batch 1)."""
-    import tensorflow as tf
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    shape = (1, *model.input_shape[1:])
-    fn = tf.function(tf.autograph.experimental.do_not_convert(lambda x: model(x, training=False)))
-    concrete = fn.get_concrete_function(tf.TensorSpec(shape, tf.float32))
-    frozen = convert_variables_to_constants_v2(concrete)  # weights as constants: no READ_VARIABLE ops
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([frozen])
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    return conv.convert()
-
-
-def litert_runner(tflite: bytes, threads: int = 1) -> Callable[[np.ndarray], np.ndarray]:
-    """A predict function over one LiteRT interpreter (batch 1, input (1, side, side, 7))."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_content=tflite, num_threads=threads)
-    interp.allocate_tensors()
-    inp = interp.get_input_details()[0]["index"]
-    out = interp.get_output_details()[0]["index"]
-
-    def run(x: np.ndarray) -> np.ndarray:
-        interp.set_tensor(inp, np.ascontiguousarray(x, dtype=np.float32))
-        interp.invoke()
-        return interp.get_tensor(out).copy()
-
-    return run
-
-
-def litert_latency_ms(tflite: bytes, runs: int = 200) -> dict[str, float]:
-    """p50 / p90 of one LiteRT invoke on one thread, ms (random input of the model's shape)."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_content=tflite, num_threads=1)
-    interp.allocate_tensors()
-    d = interp.get_input_details()[0]
-    x = np.random.default_rng(0).random(d["shape"]).astype(np.float32)
-    times = []
-    for i in range(runs + 10):
-        interp.set_tensor(d["index"], x)
-        t0 = time.perf_counter()
-        interp.invoke()
-        if i >= 10:
-            times.append((time.perf_counter() - t0) * 1e3)
-    return {"p50_ms": float(np.percentile(times, 50)), "p90_ms": float(np.percentile(times, 90))}
-
-
-def accuracy(pred_units: np.ndarray, true_units: np.ndarray) -> dict[str, float]:
-    """RMSE and p99 (both axes pooled) in % of the 1000-unit range, as twin.md defines them."""
-    e = np.asarray(pred_units, float).reshape(-1, 2) - np.asarray(true_units, float).reshape(-1, 2)
-    return {"rmse_pct": float(np.sqrt(np.mean(e**2)) / 10.0),
-            "p99_pct": float(np.percentile(np.abs(e), 99) / 10.0), "n": len(e)}
-
-
-# ---- the test sets behind docs/model-design.md -------------------------------------------------
-
-QUIET_DRIFT = {"drift": {"linear_per_hour": (0, 0), "random_walk_per_sqrt_hour": 0, "jump_rate_per_hour": 0,
-                         "beam_shift_linear_per_hour": (0, 0), "beam_shift_random_walk_per_sqrt_hour": 0},
-               "motor": {"position_noise_units": 0.0, "backlash_units": 0.0}}
-
-
-def twin_set(name: str, n: int, seed: int = 7, side: int = 256, display_frames: bool = False
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """`n` stacks (7, side, side) of twin preset `name` (its settings, wobble, c0 = its lens start,
-    beam shift) at uniform misalignments within the preset's radius; labels delta = a* - a."""
-    from temalign.clock import SteppedClock
-    from temalign.twin import display
-    from temalign.twin.model import Twin
-    from temalign.twin.optics import wobble_values
-    from temalign.twin.presets import preset
-
-    p = preset(name)
-    st = p.settings()
-    over = {**QUIET_DRIFT, "camera": {"width": side, "height": side},
-            "drift": {**QUIET_DRIFT["drift"], "beam_shift_start": tuple(st.drift.beam_shift_start)}}
-    twin = Twin(st.updated(over), SteppedClock(), seed + p.seed_offset)
-    rng = np.random.default_rng(seed + 1000 + p.seed_offset)
-    xs, ys = [], []
-    for _ in range(n):
-        m = rng.uniform(-p.radius, p.radius, 2)
-        a = twin.aligned()
-        twin.move_aperture(round(a[0] + m[0]), round(a[1] + m[1]))
-        frames = []
-        for c in wobble_values(st.lens.start_over_cf * st.optics.c_f, p.wobble_fraction):
-            twin.set_c1(float(c))
-            twin.clock.advance(2.0)
-            f = twin.acquire()
-            frames.append(display.to_display(f, st.display) if display_frames else f)
-        xs.append(np.stack(frames))
-        ys.append(-np.asarray(twin.truth()["misalignment"]))
-    return np.stack(xs), np.stack(ys)
-
-
-def independent_stack(m: np.ndarray, c0_over_cf: float, w: float, rng: np.random.Generator,
-                      side: int | None = None, display: bool | None = None) -> np.ndarray:
-    """One stack from a second renderer of twin.md's geometry that shares no code with the twin's:
-    tanh edge, Airy-like fringes on both sides of the edge, a halo, 1/f texture, ellipticity up to
-    0.1, a background gradient, saturation, 3 hot pixels a frame, camera 192 to 512 px, and in
-    40 % of stacks an auto-contrast 8-bit display with gamma 0.5 to 2."""
-    side = side or int(rng.choice([192, 256, 384, 512]))
-    s = rng.uniform(-0.03, 0.03, 2)
-    ell, ang = rng.uniform(0, 0.1), rng.uniform(0, np.pi)
-    edge, per = rng.uniform(0.001, 0.005), rng.uniform(0.008, 0.03)
-    amp, dec, halo = rng.uniform(0, 0.6), rng.uniform(0.005, 0.03), rng.uniform(0, 0.05)
-    n = side
-    f = np.fft.fftfreq(n)
-    spec = (f[:, None] ** 2 + f[None, :] ** 2 + (2.0 / n) ** 2) ** (-0.75)
-    z = np.fft.ifft2(np.fft.fft2(rng.standard_normal((n, n))) * spec).real
-    tex = np.exp(rng.uniform(0, 0.35) * (z - z.mean()) / z.std())
-    dose = 10 ** rng.uniform(1.5, 3.5)
-    grad = rng.uniform(-0.2, 0.2, 2)
-    xs = (np.arange(side) + 0.5) / side - 0.5
-    xx, yy = np.meshgrid(xs, xs)
-    bgfield = 1 + grad[0] * xs[None, :] + grad[1] * xs[:, None]
-    sat = rng.uniform(0.3, 1.0) / 0.012**2 * dose * 0.156**2
-    frames = []
-    for k in range(7):
-        u = c0_over_cf * (1 + w * (k - 3) / 3) - 1.0
-        g = u / WOBBLE_UNIT
-        th = math.radians(THETA0_DEG + THETA_PER_U_DEG * u)
-        rot = np.array([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]])
-        p = s + g * D_FOV * (rot @ m) / 1000.0
-        r = math.hypot(abs(g) * RADIUS_PER_G, RADIUS_MIN)
-        dx, dy = xx - p[0], yy - p[1]
-        a = (math.cos(ang) * dx + math.sin(ang) * dy) / (1 + ell)
-        b = (-math.sin(ang) * dx + math.cos(ang) * dy) * (1 + ell)
-        q = np.sqrt(a * a + b * b)
-        d = q - r
-        prof = 0.5 * (1 - np.tanh(d / edge))
-        prof = np.clip(prof * (1 + amp * min(1.0, r / 0.03) * np.exp(-np.abs(d) / dec)
-                               * np.cos(2 * np.pi * d / per)), 0, None)
-        prof += halo * np.exp(-0.5 * (q / (2.5 * r)) ** 2)
-        img = prof / max(r, RADIUS_MIN) ** 2 * tex * dose * RADIUS_PER_G**2
-        img = rng.poisson(np.clip(img, 0, 1e9)).astype(np.float64) if dose < 1e4 else img
-        img = np.minimum(img + 50 * bgfield + rng.normal(0, rng.uniform(1, 8), img.shape), sat)
-        hot = rng.integers(0, side, (3, 2))
-        img[hot[:, 0], hot[:, 1]] = sat
-        frames.append(img)
-    st = np.stack(frames)
-    if display if display is not None else rng.uniform() < 0.4:
-        gam = rng.uniform(0.5, 2.0)
-        lo, hi = np.percentile(st, [1, 99.7], axis=(1, 2))
-        st = np.rint(255 * np.clip((st - lo[:, None, None]) / (hi - lo)[:, None, None], 0, 1) ** (1 / gam))
-    return st.astype(np.float32)
-
-
-INDEPENDENT_SETS = {"ind_default": (1.0, 0.03, 240.0), "ind_n6": (1.02, 0.02, 200.0),
-                    "ind_far": (1.0, 0.03, 400.0), "ind_w4_c099": (0.99, 0.04, 240.0)}
-"""(c0 / c_f, wobble fraction, misalignment radius) of the independent-renderer sets."""
-
-
-def independent_set(name: str, n: int, seed: int = 100, display: bool | None = None
-                    ) -> tuple[list[np.ndarray], np.ndarray]:
-    """`n` stacks of `independent_stack` (cameras of mixed sizes, hence a list) and their labels."""
-    c0, w, radius = INDEPENDENT_SETS[name]
-    rng = np.random.default_rng([seed, list(INDEPENDENT_SETS).index(name)])
-    xs, ys = [], []
-    for _ in range(n):
-        m = rng.uniform(-radius, radius, 2)
-        xs.append(independent_stack(m, c0, w, rng, display=display))
-        ys.append(-m)
-    return xs, np.stack(ys)
-
-
-def evaluate_design(model: keras.Model, side: int = 128, n_twin: int = 200, n_ind: int = 100,
-                    preprocess: Callable[[np.ndarray, int], np.ndarray] = preprocess_stack
-                    ) -> dict[str, dict[str, float]]:
-    """The table of docs/model-design.md for one single-input model: the twin presets and the
-    independent renderer's sets, accuracy in % of 1000 units (OUTPUT_SCALE applied)."""
-    sets: dict[str, tuple[Any, np.ndarray]] = {}
-    for name in ("n13", "n6", "far", "low-dose", "large-aperture"):
-        sets[name] = twin_set(name, n_twin)
-    sets["n13-display"] = twin_set("n13", n_twin // 2, display_frames=True)
-    for name in INDEPENDENT_SETS:
-        sets[name] = independent_set(name, n_ind)
-    out = {}
-    for name, (stacks, labels) in sets.items():
-        x = np.concatenate([preprocess(s, side) for s in stacks])
-        out[name] = accuracy(np.asarray(model.predict(x, verbose=0)) * OUTPUT_SCALE, labels)
-    return out

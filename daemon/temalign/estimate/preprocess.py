@@ -24,6 +24,11 @@ independent renderer has its own dose, dark level and contrast. Normalising each
 plateau makes raw and display frames of the same scene nearly equal and removes dose, dark offset
 and contrast; what identifies the wobble step is kept in the geometry (disc centre, size, edge),
 which is what the alignment depends on.
+
+`physics` (`physics_128`, `physics_64`) is the input of the `wobble_physics` model
+(docs/model-design.md): the same checks, square placement and area averaging, but hot pixels capped
+at the camera's sampling first, levels from two percentiles after resampling, and no clip (the
+model finds each disc's plateau itself).
 """
 
 from __future__ import annotations
@@ -113,8 +118,11 @@ def _area_weights(edges: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarra
     return j, (e - j).astype(np.float32)
 
 
-def _resample_axis(data: np.ndarray, axis: int, start: float, width: float, side: int) -> np.ndarray:
-    """Area average along `axis` of bins `[start + i w, start + (i + 1) w)`, i < side, w = width/side."""
+def _resample_axis(data: np.ndarray, axis: int, start: float, width: float, side: int,
+                   wide: bool = False) -> np.ndarray:
+    """Area average along `axis` of bins `[start + i w, start + (i + 1) w)`, i < side, w = width/side.
+    `wide`: float64 cumulative sums at any length (unclipped data, where a peak can be thousands of
+    times the level that matters, would otherwise carry float32 rounding of its sum along the row)."""
     length = data.shape[axis]
     step = width / side
     if start == 0.0 and width == length and length % side == 0:
@@ -129,7 +137,7 @@ def _resample_axis(data: np.ndarray, axis: int, start: float, width: float, side
             total = part.copy() if total is None else total + part
         total *= np.float32(1.0 / k)
         return total
-    cum = np.cumsum(data, axis=axis, dtype=np.float64 if length > 2048 else np.float32)
+    cum = np.cumsum(data, axis=axis, dtype=np.float64 if wide or length > 2048 else np.float32)
     pad = [(0, 0)] * data.ndim
     pad[axis] = (1, 0)
     cum = np.pad(cum, pad)
@@ -162,8 +170,7 @@ def _prebin(array: np.ndarray, side: int) -> np.ndarray:
 def standard(stack: np.ndarray, side: int) -> np.ndarray:
     """`stack` (7, H, W), any numeric dtype, raw counts or 8-bit display frames, as the model input
     `(1, side, side, 7)` float32, channels last (frame k is channel k)."""
-    if isinstance(side, bool) or not isinstance(side, int) or side < 4:
-        raise ValueError(f"side must be an integer >= 4, got {side!r}")
+    _check_side(side)
     array = _check(stack)
     integer = array.dtype.kind in "uib"
     frames = _prebin(array, side)
@@ -171,10 +178,22 @@ def standard(stack: np.ndarray, side: int) -> np.ndarray:
     frames -= floor.astype(np.float32)[:, None, None]
     frames *= (1.0 / scale).astype(np.float32)[:, None, None]
     np.clip(frames, 0.0, CLIP_HIGH, out=frames)
-    _, h, w = frames.shape
-    frames = _resample_axis(frames, 2, 0.0, float(w), side)
-    frames = _resample_axis(frames, 1, (h - w) / 2.0, float(w), side)
+    frames = _square(frames, side)
     return np.ascontiguousarray(frames.transpose(1, 2, 0))[None]
+
+
+def _check_side(side: int) -> None:
+    if isinstance(side, bool) or not isinstance(side, int) or side < 4:
+        raise ValueError(f"side must be an integer >= 4, got {side!r}")
+
+
+def _square(frames: np.ndarray, side: int, wide: bool = False) -> np.ndarray:
+    """(n, H, W) frames placed in a square of side W (the FOV is 1.0 wide, twin.md; rows padded
+    with zeros or cropped, symmetrically) and area-averaged to (n, side, side) (`wide`: see
+    `_resample_axis`)."""
+    _, h, w = frames.shape
+    frames = _resample_axis(frames, 2, 0.0, float(w), side, wide)
+    return _resample_axis(frames, 1, (h - w) / 2.0, float(w), side, wide)
 
 
 def standard_64(stack: np.ndarray) -> np.ndarray:
@@ -190,6 +209,55 @@ def standard_128(stack: np.ndarray) -> np.ndarray:
 def standard_256(stack: np.ndarray) -> np.ndarray:
     """`standard` at 256 x 256 (the paper's input size)."""
     return standard(stack, 256)
+
+
+def _clamp_hot(frames: np.ndarray) -> np.ndarray:
+    """Each pixel capped at the brightest of its 8 neighbours, at the camera's own sampling: an
+    isolated hot pixel vanishes before resampling can smear it into a cluster."""
+    p = np.pad(frames, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    h, w = frames.shape[1:]
+    nmax = None
+    for di in (0, 1, 2):
+        for dj in (0, 1, 2):
+            if di == 1 and dj == 1:
+                continue
+            v = p[:, di:di + h, dj:dj + w]
+            nmax = v if nmax is None else np.maximum(nmax, v)
+    return np.minimum(frames, nmax)
+
+
+def physics(stack: np.ndarray, side: int) -> np.ndarray:
+    """`stack` (7, H, W), any numeric dtype, as the input `(1, side, side, 7)` float32 of the
+    `wobble_physics` model (tools/trainkit/own_models.py, docs/model-design.md): hot pixels capped
+    at the camera's own sampling, the frame placed in a square and area-averaged like `standard`
+    (padded rows hold the frame's median), each frame's background (its 20th percentile) subtracted
+    and the frame divided by its 99.9th percentile above that. No clipping: the model finds the
+    disc's plateau itself, and a clip (as in `standard`, at 2x a level it estimates) can merge a
+    halo into the disc."""
+    _check_side(side)
+    frames = _clamp_hot(_check(stack).astype(np.float32))
+    n, h, w = frames.shape
+    if h != w:  # padded rows read as zeros: make the frame's median the zero, so they hold it
+        frames = frames - np.median(frames.reshape(n, -1), axis=1).astype(np.float32)[:, None, None]
+    small = _square(frames, side, wide=True)  # unclipped: a saturated spot can be 1e4 x the top
+    flat = small.reshape(n, -1)
+    count = flat.shape[1]
+    lo_k, hi_k = count // 5, min(count - 1, round(0.999 * count))  # 20th and 99.9th percentiles
+    part = np.partition(flat, (lo_k, hi_k), axis=1)  # one partial sort for both levels
+    background = part[:, lo_k][:, None, None]
+    top = part[:, hi_k][:, None, None] - background
+    small = (small - background) / np.maximum(top, 1e-6)
+    return np.ascontiguousarray(small.transpose(1, 2, 0))[None].astype(np.float32)
+
+
+def physics_64(stack: np.ndarray) -> np.ndarray:
+    """`physics` at 64 x 64."""
+    return physics(stack, 64)
+
+
+def physics_128(stack: np.ndarray) -> np.ndarray:
+    """`physics` at 128 x 128 (the `wobble_physics` model's recommended input)."""
+    return physics(stack, 128)
 
 
 def preprocess_batch(stacks: Iterable[np.ndarray], fn: Preprocess) -> np.ndarray:
