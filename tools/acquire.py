@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from temalign.durable import atomic_write
 from temalign.errors import TemalignError
 
 RUN_FILE = "run.json"
@@ -116,19 +117,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 # ---- the sidecar folder: one atomic file per sample ----------------------------------------------
 
-def _write_atomic(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def sample_path(partial: Path, index: int) -> Path:
     return partial / f"sample-{index:05d}.npz"
 
@@ -172,7 +160,7 @@ def open_partial(partial: Path, run: Run) -> Run:
 
 def save_run(partial: Path, run: Run) -> None:
     text = json.dumps(run.to_json(), indent=1, sort_keys=True).encode("utf-8")
-    _write_atomic(partial / RUN_FILE, lambda handle: handle.write(text))
+    atomic_write(partial / RUN_FILE, lambda handle: handle.write(text))
 
 
 # ---- acquisition ---------------------------------------------------------------------------------
@@ -269,7 +257,7 @@ def acquire(microscope: Any, source: Any, clock: Any, memory: Any, run: Run, *, 
                       "offset": offsets[index].astype(np.int64),
                       "c1_values": np.asarray(stack.c1_values, dtype=np.float64),
                       "time": np.float64(stack.times[0]), "kind": np.str_(stack.kind)}
-            _write_atomic(sample_path(partial, index), lambda handle, r=record: np.savez(handle, **r))
+            atomic_write(sample_path(partial, index), lambda handle, r=record: np.savez(handle, **r))
             bar.update(1)
     except BaseException as error:
         failure = error

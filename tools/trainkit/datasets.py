@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from temalign.durable import atomic_write
 
 ARRAYS = ("stacks", "labels", "truth", "positions", "offsets", "spiral_index", "c1_values", "times",
           "source_index")
@@ -91,20 +92,12 @@ class Dataset:
         return cls(meta=meta, **arrays)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Write atomically: a temporary file in the same folder, fsync, rename."""
+        """Write atomically (temalign.durable): a kill leaves the old file or the new one."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez_compressed(handle, meta=np.str_(json.dumps(self.meta, sort_keys=True)),
-                                    **{k: getattr(self, k) for k in ARRAYS})
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        arrays = {k: getattr(self, k) for k in ARRAYS}
+        meta = np.str_(json.dumps(self.meta, sort_keys=True))
+        atomic_write(target, lambda handle: np.savez_compressed(handle, meta=meta, **arrays))
 
     def subset(self, indices: Sequence[int] | np.ndarray) -> Dataset:
         """The samples at `indices`, in that order, with the same metadata."""

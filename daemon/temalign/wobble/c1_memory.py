@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from temalign.durable import atomic_write, fsync_dir
 from temalign.microscope import Microscope
 from temalign.protocol.errors import ProtocolError
 from temalign.wobble.errors import C1RestoreFailed, PendingRecord, WobbleError
@@ -99,7 +100,7 @@ class C1Memory:
             self.path.unlink()
         except FileNotFoundError:
             return
-        _fsync_dir(self.state_dir)
+        fsync_dir(self.state_dir)
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -119,18 +120,8 @@ class C1Memory:
 
     def _write(self, record: C1Record) -> None:
         self.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         data = (json.dumps(record.to_json(), indent=1) + "\n").encode("utf-8")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        _fsync_dir(self.state_dir)
+        atomic_write(self.path, lambda handle: handle.write(data), mode=0o640)
 
     # ---- at start -------------------------------------------------------------------------------
 
@@ -175,7 +166,7 @@ class C1Memory:
         aside = self.path.with_name(f"{self.path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
         try:
             os.replace(self.path, aside)
-            _fsync_dir(self.state_dir)
+            fsync_dir(self.state_dir)
             moved = f"moved to {aside}"
         except OSError as move_error:
             moved = f"and could not be moved aside ({move_error.strerror or move_error})"
@@ -186,10 +177,3 @@ class C1Memory:
         return (f"the record of an earlier wobble is corrupt ({error}); {moved}. Its C1 values are "
                 f"unknown, so C1 is left alone: {reading}. Check C1 by hand")
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
