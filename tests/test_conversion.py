@@ -8,8 +8,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from trainkit import card as cards
 from trainkit import conversion, metrics, models
+
+from temalign.estimate import card as cards
 
 PAPER_NAMES = ("paper_cnn", "paper_fc", "paper_dropout", "paper_batchnorm", "paper_conv_deep",
                "paper_conv_shallow", "paper_dense_deep", "paper_dense_shallow", "paper_tanh",

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -176,19 +175,8 @@ def test_batch_stacks_the_tensors() -> None:
         preprocess_batch([], standard_64)
 
 
-def test_fast_enough_for_the_daemon() -> None:
-    raw, _ = render((50, 50))
-    standard_128(raw)
-    times = []
-    for _ in range(15):
-        start = time.perf_counter()
-        standard_128(raw)
-        times.append(time.perf_counter() - start)
-    assert float(np.median(times)) < 0.015  # about 2 ms on one core here; generous for a busy CI
-
-
 def test_the_runtime_module_does_not_import_tensorflow() -> None:
-    code = ("import sys, temalign.estimate.preprocess as p; "
+    code = ("import sys, temalign.estimate.preprocess, temalign.estimate.model_estimator; "
             "assert not any(m.startswith(('tensorflow', 'keras')) for m in sys.modules), 'TF imported'")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
     assert preprocess.__name__ == "temalign.estimate.preprocess"

@@ -10,11 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from trainkit import card as cards
-from trainkit import conversion, training
+from trainkit import conversion, models, training
 from trainkit.datasets import Dataset
 
+from temalign.estimate import card as cards
 from temalign.estimate import preprocess as pre
+from temalign.estimate.model_estimator import ModelEstimator
 
 TINY = ["--twin-set", "camera.width=32", "--twin-set", "camera.height=32", "--no-progress"]
 
@@ -96,7 +97,7 @@ def test_label_scale_round_trips() -> None:
 def test_convert_litert_card_and_parity(trained: Path, data_files: tuple[Path, Path], tmp_path: Path) -> None:
     out = tmp_path / "paper_cnn.tflite"
     reports = conversion.export(trained / "best.keras", out, ["float32", "dynamic-int8"],
-                                latency_repeats=5, verbose=False)
+                                latency_repeats=5, verbose=False, frames="any")
     assert [r["quantisation"] for r in reports] == ["float32", "dynamic-int8"]
     f32, dyn = reports
     assert f32["max_diff_units"] < 0.05  # float32: LiteRT equals Keras up to rounding
@@ -111,11 +112,11 @@ def test_convert_litert_card_and_parity(trained: Path, data_files: tuple[Path, P
         assert card["latency_ms"]["threads"] == 1
     # the daemon's path: the card's preprocess + LiteRT + the card's scale/offset
     card = cards.read_card(out)
+    assert card["frames"] == "any"
     ds = Dataset.load(data_files[1])
     fn = pre.resolve(card["preprocess"])
-    lite = conversion.LiteModel(out)
-    assert list(lite.input_shape[1:]) == card["input_shape"]
-    delta = [cards.to_motor_units(lite(fn(s))[0], card) for s in ds.stacks[:4]]
+    estimator = ModelEstimator(out)
+    delta = [estimator.predict(s).delta for s in ds.stacks[:4]]
     import keras
 
     model = keras.models.load_model(trained / "best.keras", compile=False)
@@ -134,6 +135,12 @@ def test_same_seed_same_training(data_files: tuple[Path, Path], tmp_path: Path) 
     hb = json.loads((tmp_path / "b" / "history.json").read_text())
     np.testing.assert_allclose(ha["loss"], hb["loss"], rtol=1e-5)
     assert a.metrics["test"]["rmse_percent"] == pytest.approx(b.metrics["test"]["rmse_percent"], rel=1e-5)
+
+
+def test_losses_by_name() -> None:
+    assert models.build("tiny_cnn64", (16, 16, 7), loss="huber").loss.name == "huber_loss"
+    with pytest.raises(ValueError, match="unknown loss 'l3'; known: mse, mae, huber"):
+        models.build("tiny_cnn64", (16, 16, 7), loss="l3")
 
 
 def test_truth_label_refused_without_truth(data_files: tuple[Path, Path], tmp_path: Path) -> None:

@@ -34,6 +34,9 @@ def parser() -> argparse.ArgumentParser:
                    help="datasets for the parity check (default: the run's own test set)")
     p.add_argument("--max-held-out", type=int, default=200)
     p.add_argument("--latency-repeats", type=int, default=50)
+    p.add_argument("--frames", choices=("raw", "display", "any"), default=None,
+                   help="the frames the card declares (default: the training data's); 'any' for a "
+                        "model measured on camera and screen frames alike")
     return p
 
 
@@ -42,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         export(args.model, args.out, args.quantisation, summary_path=args.summary, held_out=args.held_out,
-               max_held_out=args.max_held_out, latency_repeats=args.latency_repeats,
+               max_held_out=args.max_held_out, latency_repeats=args.latency_repeats, frames=args.frames,
                command=shlex.join(["tools/convert.py", *argv]))
     except NonBuiltinOps as error:
         print(f"convert: refused: {error}", file=sys.stderr)

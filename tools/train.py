@@ -46,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
                    help="label scaling for training, recorded as output_scale/output_offset")
     p.add_argument("--optimizer", choices=sorted(models.OPTIMIZERS), default="adam",
                    help="the optimisers of the paper's A.2.7")
+    p.add_argument("--loss", choices=sorted(models.LOSSES), default="mse",
+                   help="mse as the paper; huber (delta 10 units at --scaling fixed) to calibrate a "
+                        "physical model without letting a few odd stacks pull it")
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--linear-output", action="store_true",
                    help="linear output layer instead of the paper's printed relu (the obvious fix)")
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         data=args.data, out=args.out, model=args.model, test=args.test, test_fraction=args.test_fraction,
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, runs=args.runs,
         preprocess=args.preprocess, input_size=args.input_size, label=args.label, scaling=args.scaling,
-        optimizer=args.optimizer, learning_rate=args.learning_rate, model_options=options,
+        optimizer=args.optimizer, loss=args.loss, learning_rate=args.learning_rate, model_options=options,
         sizes=args.sizes, eval_on=args.eval_on, verbose=not args.quiet,
         command=shlex.join(["tools/train.py", *argv]))
     try:

@@ -20,9 +20,10 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from tensorflow.lite.python import schema_py_generated as schema_fb
 from tensorflow.lite.python import schema_util
+
+from temalign.estimate.litert_model import LiteModel
 
 QUANTISATIONS = ("float32", "float16", "dynamic-int8", "int8")
 """float32; float16 weights; dynamic-range int8 weights (float activations); full int8 weights and
@@ -105,44 +106,6 @@ def convert(model: keras.Model, quantisation: str = "float32",
     return bytes(tflite)
 
 
-class LiteModel:
-    """A .tflite run with LiteRT on a fixed number of threads, one stack per call."""
-
-    def __init__(self, model: bytes | str | Path, num_threads: int = 1) -> None:
-        source = ({"model_content": bytes(model)} if isinstance(model, bytes | bytearray)
-                  else {"model_path": str(model)})
-        self.delegate = "xnnpack"
-        try:
-            self.interpreter = Interpreter(**source, num_threads=num_threads)
-            self.interpreter.allocate_tensors()
-        except RuntimeError:
-            # XNNPACK refuses some int8 graphs (degenerate quantisation ranges) at prepare time;
-            # LiteRT's own builtin kernels run every builtin op.
-            self.delegate = "none"
-            plain = OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES
-            self.interpreter = Interpreter(**source, num_threads=num_threads,
-                                           experimental_op_resolver_type=plain)
-            self.interpreter.allocate_tensors()
-        self._in = self.interpreter.get_input_details()[0]
-        self._out = self.interpreter.get_output_details()[0]
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(int(x) for x in self._in["shape"])
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        """Model output for inputs (N, H, W, C) or (H, W, C), one invoke per stack."""
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim == 3:
-            x = x[None]
-        out = []
-        for i in range(len(x)):
-            self.interpreter.set_tensor(self._in["index"], x[i:i + 1])
-            self.interpreter.invoke()
-            out.append(self.interpreter.get_tensor(self._out["index"]).reshape(-1).copy())
-        return np.stack(out)
-
-
 def parity(keras_model: keras.Model, tflite: bytes, inputs: np.ndarray, scale: Iterable[float],
            offset: Iterable[float] = (0.0, 0.0)) -> dict[str, Any]:
     """LiteRT against Keras on the same inputs, in motor units: max and RMS difference."""
@@ -220,20 +183,22 @@ def _variant_path(out: Path, quantisation: str, first: bool) -> Path:
 def export(keras_path: str | Path, out: str | Path, quantisations: Iterable[str] = ("float32",),
            *, summary_path: str | Path | None = None, held_out: list[str] | None = None,
            max_held_out: int = 200, representative_samples: int = 100, latency_repeats: int = 50,
-           command: str = "", verbose: bool = True) -> list[dict[str, Any]]:
+           command: str = "", verbose: bool = True, frames: str | None = None) -> list[dict[str, Any]]:
     """Convert a trained model (train.py's best.keras and its summary.json) to .tflite in each
     quantisation (the first at `out`, the others as out.<quantisation>.tflite), each with a card.
 
     Held-out stacks for parity and accuracy: `held_out` files, else the run's named test set, else
-    the best run's own 20 % split; the representative set for full int8 is its training stacks."""
-    from trainkit import card as cards
+    the best run's own 20 % split; the representative set for full int8 is its training stacks.
+    `frames` overrides the card's (the training data's) frame kind, e.g. "any" for a model measured
+    on both camera and screen frames."""
+    from temalign.estimate import card as cards
     from trainkit import metrics as mt
     from trainkit import training
 
     keras_path, out = Path(keras_path), Path(out)
     summary_file = Path(summary_path) if summary_path else keras_path.with_name("summary.json")
     summary = json.loads(summary_file.read_text())
-    base = summary["card"]
+    base = summary["card"] | ({"frames": frames} if frames else {})
     cfg = summary["config"]
     from trainkit import models
 

@@ -195,18 +195,27 @@ def output_activation_of(model: keras.Model) -> str:
     return "linear"
 
 
+LOSSES: dict[str, Any] = {"mse": "mse", "mae": "mae",
+                          "huber": keras.losses.Huber(delta=0.01)}
+"""Training losses by name; Huber's delta 0.01 is 10 units when labels are delta / 1000."""
+
+
 def build(name: str, input_shape: Sequence[int], output_dim: int = 2, *, optimizer_name: str = "adam",
-          learning_rate: float | None = None, compile: bool = True, **options: Any) -> keras.Model:
+          learning_rate: float | None = None, compile: bool = True, loss: str = "mse",
+          **options: Any) -> keras.Model:
     """The registered model `name` for `input_shape` (H, W, 7), compiled as the paper's A.1 (MSE loss,
-    RMSE metric) with an A.2.7 optimiser unless compile=False."""
+    RMSE metric) with an A.2.7 optimiser unless compile=False. `loss` "huber" or "mae" calibrate a
+    few physical parameters without letting a handful of odd stacks pull them (LOSSES)."""
     _load_own_models()
     try:
         builder = MODELS[name]
     except KeyError:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}") from None
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
     model = builder(tuple(input_shape), output_dim, **options)
     if compile:
-        model.compile(optimizer=optimizer(optimizer_name, learning_rate), loss="mse",
+        model.compile(optimizer=optimizer(optimizer_name, learning_rate), loss=LOSSES[loss],
                       metrics=[keras.metrics.RootMeanSquaredError(name="rmse")])
     return model
 

@@ -53,6 +53,7 @@ class TrainConfig:
     label: str = "labels"
     scaling: str = "minmax"
     optimizer: str = "adam"
+    loss: str = "mse"
     learning_rate: float | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
     sizes: list[float] = field(default_factory=list)
@@ -273,7 +274,7 @@ def run_once(cfg: TrainConfig, x_train: np.ndarray, y_train: np.ndarray, x_test:
     keras.utils.set_random_seed(seed)
     scale = LabelScale.fit(y_train, cfg.scaling)
     model = models.build(cfg.model, x_train.shape[1:], 2, optimizer_name=cfg.optimizer,
-                         learning_rate=cfg.learning_rate, **cfg.model_options)
+                         learning_rate=cfg.learning_rate, loss=cfg.loss, **cfg.model_options)
     prefix = f"[{label or 'run'} {run + 1}/{cfg.runs}]"
     callbacks = [EpochLine(prefix, cfg.epochs, scale)] if cfg.verbose else []
     t0 = time.perf_counter()
@@ -327,8 +328,9 @@ def _repeat(cfg: TrainConfig, data: Prepared, test: Prepared | None, root: Path,
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """The whole study of a config; returns (and writes) summary.json."""
-    if cfg.runs < 1 or cfg.epochs < 1 or cfg.batch_size < 1:
-        raise ValueError("runs, epochs and batch size must be >= 1")
+    if cfg.runs < 1 or cfg.epochs < 0 or cfg.batch_size < 1:
+        raise ValueError("runs and batch size must be >= 1, epochs >= 0 (0: evaluate the initial "
+                         "model, meaningful for a physical one)")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC).isoformat(timespec="seconds")
@@ -408,7 +410,8 @@ def partial_card(cfg: TrainConfig, data: Prepared, summary: dict[str, Any]) -> d
         "training": {"datasets": [prov], "test_files": list(cfg.test),
                      "seeds": [r["seed"] for r in summary["runs"]],
                      "best_seed": best["seed"], "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-                     "optimizer": cfg.optimizer, "scaling": cfg.scaling, "command": cfg.command,
+                     "optimizer": cfg.optimizer, "loss": cfg.loss, "scaling": cfg.scaling,
+                     "command": cfg.command,
                      "date": summary["started"], "model_options": cfg.model_options},
         "metrics": {"keras_test": best["test"], "test_rmse_percent_runs": summary["test_rmse_percent"],
                     "training_time_s": best["training_time_s"]},

@@ -16,6 +16,8 @@ CARD_VERSION = 1
 REQUIRED = ("preprocess", "output_scale", "input_shape", "wobble_fraction", "c0_over_cf", "frames",
             "training", "metrics")
 """Keys architecture.md requires; output_offset is optional (0 when absent)."""
+FRAMES = ("raw", "display", "any")
+"""What the model takes: camera counts, 8-bit screen frames, or either (measured on both)."""
 _PREPROCESS = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 
 
@@ -63,8 +65,8 @@ def validate_card(card: Any) -> list[str]:
         c = card["c0_over_cf"]
         if not (_number(c) and 0.5 < c < 2.0):
             problems.append(f"c0_over_cf: expected a number near 1.0, got {c!r}")
-    if "frames" in card and card["frames"] not in ("raw", "display"):
-        problems.append(f"frames: expected 'raw' or 'display', got {card['frames']!r}")
+    if "frames" in card and card["frames"] not in FRAMES:
+        problems.append(f"frames: expected one of {', '.join(map(repr, FRAMES))}, got {card['frames']!r}")
     for key in ("training", "metrics"):
         if key in card and not isinstance(card[key], dict):
             problems.append(f"{key}: expected an object, got {type(card[key]).__name__}")

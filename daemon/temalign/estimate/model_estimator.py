@@ -1,0 +1,91 @@
+"""The learnt estimator at run time: a .tflite model, its card, and the card's preprocessing.
+
+Everything the model needs to be fed exactly what it was trained on comes from the card beside it
+(the preprocessing function, the input shape, the output scale); `load` refuses a model whose card
+is missing, invalid or disagrees with the file, before anything is connected or moved."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from temalign.errors import TemalignError
+from temalign.estimate import card as cards
+from temalign.estimate.litert_model import LiteModel
+from temalign.estimate.preprocess import resolve
+
+
+class ModelError(TemalignError):
+    """A model or card that cannot be used; exit status 2, like a bad config."""
+
+    exit_status = 2
+
+
+@dataclass(frozen=True)
+class ModelEstimate:
+    """delta (motor units, x and y) that re-centres the aperture, and what it cost."""
+
+    delta: tuple[float, float]
+    preprocess_ms: float
+    inference_ms: float
+
+
+class ModelEstimator:
+    """Predicts delta from one wobble stack `(7, H, W)` with LiteRT on `num_threads` threads."""
+
+    def __init__(self, model_path: str | Path, num_threads: int = 1) -> None:
+        self.path = Path(model_path)
+        if not self.path.is_file():
+            raise ModelError(f"model {self.path}: no such file")
+        try:
+            self.card: dict[str, Any] = cards.read_card(self.path)
+        except FileNotFoundError:
+            raise ModelError(f"model {self.path}: its card {cards.card_path(self.path)} is missing") from None
+        except (ValueError, OSError) as error:  # JSONDecodeError is a ValueError
+            raise ModelError(f"model {self.path}: {error}") from None
+        try:
+            self.preprocess = resolve(self.card["preprocess"])
+        except ValueError as error:
+            raise ModelError(f"model card {cards.card_path(self.path)}: {error}") from None
+        try:
+            self.lite = LiteModel(self.path, num_threads=num_threads)
+        except (RuntimeError, ValueError) as error:
+            raise ModelError(f"model {self.path}: LiteRT cannot load it ({error})") from None
+        want = tuple(self.card["input_shape"])
+        got = self.lite.input_shape[1:]
+        if got != want:
+            raise ModelError(f"model {self.path}: the file's input is {list(got)} but its card says "
+                             f"{list(want)}")
+        if self.lite.output_size != 2:
+            raise ModelError(f"model {self.path}: outputs {self.lite.output_size} values, expected (dx, dy)")
+        self.scale = np.asarray(self.card["output_scale"], dtype=np.float64)
+        self.offset = np.asarray(self.card.get("output_offset") or [0.0, 0.0], dtype=np.float64)
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """What names this model in logs and metrics: file, preprocessing, training date."""
+        training = self.card.get("training", {})
+        return {"file": self.path.name, "preprocess": self.card["preprocess"],
+                "trained": str(training.get("date", ""))}
+
+    def tensor(self, stack: np.ndarray) -> np.ndarray:
+        """The model input for one stack, shaped (1, H, W, 7) as the card says."""
+        x = np.asarray(self.preprocess(stack), dtype=np.float32)
+        if x.shape[1:] != tuple(self.card["input_shape"]):
+            raise ModelError(f"preprocessing {self.card['preprocess']} gave {list(x.shape)}, the model "
+                             f"takes [1, {', '.join(map(str, self.card['input_shape']))}]")
+        return x
+
+    def predict(self, stack: np.ndarray) -> ModelEstimate:
+        """delta for one stack; ValueError (from the preprocessing) names a stack it cannot use."""
+        t0 = time.perf_counter()
+        x = self.tensor(stack)
+        t1 = time.perf_counter()
+        out = self.lite.invoke_one(x).astype(np.float64)
+        t2 = time.perf_counter()
+        delta = out * self.scale + self.offset
+        return ModelEstimate((float(delta[0]), float(delta[1])), (t1 - t0) * 1e3, (t2 - t1) * 1e3)
