@@ -121,7 +121,7 @@ BAD_FILES = {
                            ["wobble.fracton", "unknown key", "did you mean wobble.fraction"]),
     "unknown key, other section": (MINIMAL + "  settle_s: 2\n",
                                    ["microscope.settle_s", "belongs at wobble.settle_s"]),
-    "unknown section": (MINIMAL + "safety: {}\n", ["safety", "unknown key", "microscope, source"]),
+    "unknown section": (MINIMAL + "safty: {}\n", ["safty", "unknown key", "did you mean safety"]),
     "quoted number": (MINIMAL + "wobble: {fraction: '0.03'}\n",
                       ["wobble.fraction", "expected a number", "'0.03'", "remove the quotes"]),
     "bool for int": (MINIMAL + "wobble: {restore_attempts: yes}\n",

@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "temalign.config.cli",
     "temalign.wobble.cli",
     "temalign.demo",
+    "temalign.service.cli",
 )
 
 

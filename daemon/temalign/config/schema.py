@@ -12,6 +12,7 @@ pick it up from the model."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -264,6 +265,113 @@ class LoggingSettings(Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+def _shipped_model() -> Path:
+    """The model beside the sources (models/ of the checkout the package runs from)."""
+    return Path(__file__).resolve().parents[3] / "models" / "wobble_physics.tflite"
+
+
+class EstimatorSettings(Section):
+    """The two estimators and what makes their estimate trusted enough to move on."""
+
+    model: PathText = Field(default_factory=_shipped_model)
+    threads: Annotated[int, Field(ge=1, le=16)] = 1
+    agreement_units: Annotated[float, Field(gt=0.0, le=500.0)] = 15.0
+    classical_max_residual_px: Annotated[float, Field(gt=0.0, le=100.0)] = 3.0
+    without_calibration: Literal["dry-run", "model-only"] = "dry-run"
+
+    @field_validator("model")
+    @classmethod
+    def _model_path(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+
+class QualitySettings(Section):
+    """When a stack is doubtful (safety.md): no move is made on it."""
+
+    beam_min_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
+    disc_min_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    wide_saturated_max_fraction: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.001
+    saturation_abort_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+
+
+class SafetySettings(Section):
+    """The envelope of safety.md: every limit on what the daemon may command, in motor units."""
+
+    window_units: Annotated[float, Field(gt=0.0, le=5000.0)] = 400.0
+    max_excursion_units: Annotated[float, Field(gt=0.0, le=5000.0)] = 350.0
+    max_step_units: Annotated[float, Field(gt=0.0, le=1000.0)] = 250.0
+    deadband_units: Annotated[float, Field(ge=0.0, le=100.0)] = 5.0
+    gain: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    rate_limit_units_per_hour: Annotated[float, Field(gt=0.0, le=100000.0)] = 1000.0
+    on_limit: Literal["scale", "refuse"] = "scale"
+    rollback_margin_units: Annotated[float, Field(ge=0.0, le=100.0)] = 5.0
+    motor_tolerance_units: Annotated[float, Field(ge=0.0, le=100.0)] = 3.0
+    hold_after_failures: Annotated[int, Field(ge=1, le=100)] = 3
+    on_aperture_moved: Literal["pause", "new-reference"] = "pause"
+    c1_tolerance: Annotated[float, Field(gt=0.0, le=0.1)] = 1e-4
+    busy_file: PathText | None = None
+
+    @field_validator("busy_file")
+    @classmethod
+    def _busy_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SafetySettings:
+        if self.max_excursion_units > self.window_units * math.sqrt(2):
+            raise key_error("max_excursion_units", f"{self.max_excursion_units} reaches past the corner of "
+                            f"safety.window_units ({self.window_units} per axis): it could never be used")
+        if self.deadband_units >= self.max_step_units:
+            raise key_error("deadband_units", f"{self.deadband_units} is not below safety.max_step_units "
+                            f"({self.max_step_units}): no correction could ever be made")
+        return self
+
+
+class ScheduleSettings(Section):
+    """When cycles run, and in which mode the daemon starts the first time."""
+
+    interval_s: Annotated[float, Field(ge=10.0, le=86400.0)] = 300.0
+    jitter_s: Annotated[float, Field(ge=0.0, le=3600.0)] = 10.0
+    mode: Literal["live", "dry-run"] = "dry-run"
+
+    @model_validator(mode="after")
+    def _jitter_below_interval(self) -> ScheduleSettings:
+        if self.jitter_s >= self.interval_s / 2:
+            raise key_error("jitter_s", f"{self.jitter_s} s is not below half of "
+                            f"schedule.interval_s ({self.interval_s} s)")
+        return self
+
+
+class MetricsSettings(Section):
+    """The Prometheus endpoint."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 9641
+
+
+class ControlSettings(Section):
+    """The control socket the CLI verbs talk to (owner and group only)."""
+
+    socket: PathText = Path("/run/temalign/control.sock")
+    group: str | None = None
+
+    @field_validator("socket")
+    @classmethod
+    def _socket_path(cls, value: Path, info: ValidationInfo) -> Path:
+        value = _resolve(value, info)
+        if len(os.fsencode(value)) > 107:
+            raise ValueError(f"{value}: longer than a Unix socket path may be (107 bytes)")
+        return value
+
+
+class JournalSettings(Section):
+    """The write-ahead journal in paths.state_dir: rotation and retention."""
+
+    max_bytes: Annotated[int, Field(ge=65536, le=1 << 34)] = 16 << 20
+    keep_files: Annotated[int, Field(ge=1, le=1000)] = 20
+
+
 class Settings(Section):
     """Everything the daemon reads from temalign.yaml. Only `microscope.address` is required: the
     daemon connects to no address nobody wrote down."""
@@ -273,6 +381,13 @@ class Settings(Section):
     wobble: WobbleSettings = Field(default_factory=WobbleSettings)
     paths: PathSettings = Field(default_factory=PathSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    estimator: EstimatorSettings = Field(default_factory=EstimatorSettings)
+    quality: QualitySettings = Field(default_factory=QualitySettings)
+    safety: SafetySettings = Field(default_factory=SafetySettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    control: ControlSettings = Field(default_factory=ControlSettings)
+    journal: JournalSettings = Field(default_factory=JournalSettings)
 
     @model_validator(mode="after")
     def _acquire_outlasts_exposure(self) -> Settings:

@@ -6,6 +6,7 @@ is missing, invalid or disagrees with the file, before anything is connected or 
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,3 +90,18 @@ class ModelEstimator:
         t2 = time.perf_counter()
         delta = out * self.scale + self.offset
         return ModelEstimate((float(delta[0]), float(delta[1])), (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+
+
+def check_compatible(card: dict[str, Any], *, wobble_fraction: float, frames: str) -> None:
+    """Refuse at start a model whose card does not match the configured wobble or image source:
+    a model fed a wobble or a kind of frame it was not made for gives confident nonsense."""
+    expected = float(card["wobble_fraction"])
+    if not math.isclose(expected, wobble_fraction, rel_tol=1e-6):
+        raise ModelError(f"the model's card expects a {expected:.3g} wobble (wobble_fraction) but "
+                         f"wobble.fraction is {wobble_fraction:.3g}: set wobble.fraction to {expected:.3g} "
+                         "or use a model trained at this wobble")
+    declared = card["frames"]
+    if declared not in ("any", frames):
+        source = "screen" if frames == "display" else "camera"
+        raise ModelError(f"the model's card says it takes {declared!r} frames, but source.kind {source} "
+                         f"gives {frames!r} frames: use a model for {frames!r} (or 'any') frames")

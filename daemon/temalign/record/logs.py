@@ -1,0 +1,153 @@
+"""Structured logs: JSON lines for journald and log shippers, readable colour on a terminal.
+
+Everything goes through one stdlib handler whose formatter is structlog's ProcessorFormatter, so the
+daemon's own structlog events and library loggers (apscheduler, ...) come out in the same shape.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import structlog
+from structlog.tracebacks import ExceptionDictTransformer
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("auto", "json", "console")
+
+_HANDLER_NAME = "temalign"
+
+
+def json_safe(value: Any) -> Any:
+    """`value` as plain JSON types: numpy scalars and arrays unwrapped, tuples to lists, NaN/inf to None."""
+    if value is None or isinstance(value, bool | str | int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, enum.Enum):
+        return json_safe(value.value)
+    if isinstance(value, Mapping):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(item) for item in value]
+    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+        return value.isoformat()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    tolist = getattr(value, "tolist", None)
+    if callable(tolist):
+        return json_safe(tolist())
+    item = getattr(value, "item", None)
+    if callable(item):
+        return json_safe(item())
+    if hasattr(value, "__float__"):
+        return json_safe(float(value))
+    return str(value)
+
+
+_LEADING_KEYS = ("timestamp", "level", "logger", "event")
+
+
+def _json_safe_event(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """JSON types only, and the keys a person scans for first."""
+    ordered = {key: event_dict[key] for key in _LEADING_KEYS if key in event_dict}
+    ordered.update(event_dict)
+    return {str(key): json_safe(value) for key, value in ordered.items()}
+
+
+def _serialize(obj: Any, **kwargs: Any) -> str:
+    return json.dumps(obj, allow_nan=False, **kwargs)
+
+
+def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> None:
+    """Route structlog and stdlib logging to `stream` (default stdout) at `level` in `fmt`.
+
+    fmt "json": one JSON object per line (ISO-8601 UTC timestamp, level, logger, event, fields), what
+    journald and a log shipper want; "console": structlog's ConsoleRenderer for a person; "auto":
+    console when the stream is a terminal, else json. Calling it again replaces the previous set-up.
+    """
+    if level.lower() not in LEVELS:
+        raise ValueError(f"unknown log level {level!r}; expected one of {', '.join(LEVELS)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(FORMATS)}")
+    stream = sys.stdout if stream is None else stream
+    is_tty = bool(getattr(stream, "isatty", lambda: False)())
+    if fmt == "auto":
+        fmt = "console" if is_tty else "json"
+    numeric_level = getattr(logging, level.upper())
+
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.stdlib.ExtraAdder(),
+    ]
+    renderer: Processor
+    final: list[Processor]
+    if fmt == "json":
+        renderer = structlog.processors.JSONRenderer(serializer=_serialize)
+        final = [
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
+            _json_safe_event,
+            renderer,
+        ]
+    else:
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=is_tty, exception_formatter=structlog.dev.plain_traceback)
+        final = [structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]
+
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.processors.StackInfoRenderer(),
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+    handler = logging.StreamHandler(stream)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(foreign_pre_chain=shared, processors=final))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        if old.get_name() == _HANDLER_NAME:
+            root.removeHandler(old)
+            old.close()
+    root.addHandler(handler)
+    root.setLevel(numeric_level)
+    logging.captureWarnings(True)
+    # apscheduler logs every job run at INFO: a line per cycle beside ours is noise in a years-long journal.
+    logging.getLogger("apscheduler").setLevel(max(numeric_level, logging.WARNING))
+
+
+_CYCLE_LEVELS = {"error": logging.ERROR, "rolled_back": logging.WARNING, "hold": logging.WARNING,
+                 "refused_limit": logging.WARNING}
+
+
+def cycle_line(logger: Any, **fields: Any) -> None:
+    """Emit the one canonical line of a cycle: event "cycle" with every figure of it as a field.
+
+    Values are made JSON-safe here (numpy scalars, tuples, NaN -> null) so the line reads the same in
+    either format. Its level follows `outcome`: error for "error", warning for rollbacks, hold and
+    limit refusals, info otherwise, so a filter on the level finds the cycles that need a look.
+    """
+    safe = {key: json_safe(value) for key, value in fields.items()}
+    safe.pop("event", None)
+    level = _CYCLE_LEVELS.get(str(safe.get("outcome")), logging.INFO)
+    logger.log(level, "cycle", **safe)

@@ -1,0 +1,321 @@
+"""`temalign run`: the long-running service around `run_cycle`.
+
+It builds the parts once (the model and its card checked against the config, the journal locked
+for one writer, the run state that survives restarts), settles what a crash left (a wobble in
+flight: C1 put back if it still holds a value the daemon set; a move in flight: the position read
+and recorded), then runs a cycle every `schedule.interval_s` (APScheduler, never two at once) and
+serves the control socket, the metrics and systemd's notify protocol. SIGTERM lets a running
+cycle finish (C1 restored by the wobble) and exits 0."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from temalign.clock import Clock, RealClock
+from temalign.config.schema import Settings
+from temalign.errors import ConfigError, TemalignError
+from temalign.estimate.classical import load_calibration
+from temalign.estimate.combined import CombinedEstimator
+from temalign.estimate.model_estimator import ModelEstimator, check_compatible
+from temalign.microscope import Microscope
+from temalign.protocol.errors import ProtocolError
+from temalign.record.journal import Journal
+from temalign.record.logs import cycle_line
+from temalign.record.metrics import Metrics
+from temalign.record.state import StateStore, is_paused
+from temalign.service import notify
+from temalign.service.control import ControlServer
+from temalign.service.cycle import CycleResult, Parts, run_cycle
+from temalign.wobble.c1_memory import C1Memory
+from temalign.wobble.errors import C1RestoreFailed
+from temalign.wobble.sources import ImageSource, source_from_settings
+
+log = structlog.get_logger("temalign")
+
+
+class Daemon:
+    """The service: parts, scheduler, control socket, metrics; one cycle at a time."""
+
+    def __init__(self, settings: Settings, microscope: Microscope, *, clock: Clock | None = None,
+                 source: ImageSource | None = None, metrics: Metrics | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.microscope = microscope
+        self.clock = clock or RealClock()
+        self.wall = wall
+        self.metrics = metrics or Metrics()
+        state_dir = settings.paths.ensure_state_dir()
+        self.journal = Journal(state_dir, max_bytes=settings.journal.max_bytes,
+                               keep_files=settings.journal.keep_files, clock=self.clock)
+        try:
+            self.store = StateStore(state_dir)
+            self.store.load(settings.schedule.mode)
+            model = ModelEstimator(settings.estimator.model, num_threads=settings.estimator.threads)
+            source = source or source_from_settings(settings.source, microscope, self.clock)
+            check_compatible(model.card, wobble_fraction=settings.wobble.fraction, frames=source.kind)
+            calibration = load_calibration(state_dir)
+        except (ValueError, TemalignError) as error:
+            self.journal.close()
+            raise ConfigError(str(error)) from None
+        self.estimator = CombinedEstimator(model, calibration, settings.estimator, settings.quality)
+        self.memory = C1Memory(state_dir)
+        self.parts = Parts(microscope=microscope, source=source, estimator=self.estimator, settings=settings,
+                           clock=self.clock, memory=self.memory, journal=self.journal, state=self.store,
+                           session_start=None, wall=wall)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._scheduler: Any = None
+        self._control: ControlServer | None = None
+        self.last: list[dict[str, Any]] = []
+        self.started = False
+
+    # ---- start-up ---------------------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Settle what an earlier process left: C1 mid-wobble, a move in flight. Returns sentences."""
+        notes = []
+        try:
+            if self.memory.exists():
+                notes.append(self.memory.recover(self.microscope))
+        except C1RestoreFailed as error:
+            self.store.update(hold=f"C1 could not be restored at start: {error}")
+            notes.append(str(error))
+        except ProtocolError as error:
+            notes.append(f"C1 record pending; the microscope cannot be reached yet ({error}); retried "
+                         "before the first wobble")
+        for entry in self.journal.pending():
+            if entry.get("kind") in ("move", "rollback"):
+                try:
+                    where = self.microscope.aperture()
+                    position: Any = (int(where.x), int(where.y))
+                except ProtocolError as error:
+                    position = f"unknown ({error})"
+                self.journal.outcome(entry["op"], entry["kind"], ok=False, recovered=True, read_back=position)
+                notes.append(f"a {entry['kind']} to {entry.get('target')} was in flight when the daemon "
+                             f"stopped; the aperture now reads {position}")
+                if isinstance(position, tuple):
+                    self.store.update(last_position=position)
+            elif entry.get("kind") == "wobble":
+                self.journal.outcome(entry["op"], "wobble", ok=False, recovered=True)
+        for note in notes:
+            self.journal.append("recovery", note=note)
+            log.warning("recovery", note=note)
+        return notes
+
+    def start(self, *, serve_control: bool = True, serve_metrics: bool = True, schedule: bool = True) -> None:
+        """Recover, then start the metrics endpoint, the control socket and the scheduler."""
+        s = self.settings
+        self.journal.append("start", mode=s.schedule.mode, model=str(s.estimator.model),
+                            calibrated=self.estimator.calibration is not None)
+        try:
+            where = self.microscope.aperture()
+            self.parts.session_start = (int(where.x), int(where.y))
+            self.metrics.set_connection(True)
+        except ProtocolError as error:
+            self.metrics.set_connection(False)
+            log.warning("microscope unreachable at start", error=str(error))
+        self.recover()
+        self.metrics.set_model(self.estimator.model.identity)
+        self.metrics.set_calibrated(self.estimator.calibration is not None)
+        self._publish_state()
+        if serve_metrics and s.metrics.enabled:
+            self.metrics.serve(s.metrics.host, s.metrics.port)
+        if serve_control:
+            self._control = ControlServer(s.control.socket, self.handle, s.control.group)
+            self._control.start()
+        if schedule:
+            self._start_scheduler()
+        self.started = True
+        notify.ready(self.status_line())
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        scale = float(getattr(self.clock, "scale", 1.0))
+        sch = self.settings.schedule
+        self._scheduler = BackgroundScheduler(timezone="UTC")
+        self._scheduler.add_job(self._scheduled, IntervalTrigger(seconds=sch.interval_s / scale,
+                                                                 jitter=sch.jitter_s / scale or None),
+                                id="cycle", max_instances=1, coalesce=True,
+                                next_run_time=datetime.now(UTC) + timedelta(seconds=1.0))
+        self._scheduler.start()
+
+    # ---- cycles -----------------------------------------------------------------------------------
+
+    def _scheduled(self) -> None:
+        if not self._stop.is_set():
+            self.cycle()
+
+    def cycle(self, *, forced: bool = False) -> CycleResult:
+        """One cycle under the lock (a scheduled one and `once` never overlap), then the record."""
+        with self._lock:
+            if self.memory.exists():
+                self.recover()
+            result = run_cycle(self.parts, forced=forced)
+        self._record(result)
+        return result
+
+    def _record(self, result: CycleResult) -> None:
+        m = self.metrics
+        before, after = result.before, result.after
+        position = result.position_after
+        drift = None
+        state = self.store.load(self.settings.schedule.mode)
+        if before is not None and before.delta is not None and result.position_before and state.reference:
+            drift = (result.position_before[0] + before.delta[0] - state.reference[0],
+                     result.position_before[1] + before.delta[1] - state.reference[1])
+        m.observe_cycle(outcome=result.outcome, duration_s=result.duration_s,
+                        estimate=before.delta if before else None, applied=result.applied, position=position,
+                        drift=drift, misalignment_before=before.misalignment if before else None,
+                        misalignment_after=after.misalignment if after else None,
+                        confidence=before.confidence if before else None, timestamp=self.wall())
+        for meas in (before, after):
+            if meas is not None and meas.inference_ms:
+                m.observe_inference("model", (meas.preprocess_ms + meas.inference_ms) / 1e3)
+            if meas is not None and meas.classical_ms:
+                m.observe_inference("classical", meas.classical_ms / 1e3)
+        if result.decision is not None:
+            for limit in result.decision.limits_hit:
+                m.limit_hit(limit)
+        m.set_connection(result.reason != "microscope")
+        self._publish_state()
+        summary = result.to_json()
+        self.last = [summary, *self.last][:10]
+        cycle_line(log, **summary)
+        notify.status(self.status_line())
+
+    # ---- state and control ------------------------------------------------------------------------
+
+    def state_name(self) -> str:
+        st = self.store.load(self.settings.schedule.mode)
+        if st.hold is not None:
+            return "hold"
+        if is_paused(st, self.wall()):
+            return "paused"
+        return "dry_run" if st.mode == "dry-run" else "running"
+
+    def _publish_state(self) -> None:
+        self.metrics.set_state(self.state_name())
+
+    def status_line(self) -> str:
+        st = self.store.load(self.settings.schedule.mode)
+        last = self.last[0] if self.last else None
+        tail = f"; last cycle {last['outcome']} ({last['reason']})" if last else ""
+        return f"{self.state_name()}{' (' + st.hold + ')' if st.hold else ''}{tail}"
+
+    def status(self) -> dict[str, Any]:
+        st = self.store.load(self.settings.schedule.mode)
+        s = self.settings
+        paused = is_paused(st, self.wall())
+        return {
+            "state": self.state_name(), "mode": st.mode, "hold": st.hold,
+            "paused": paused, "paused_until": None if not paused or st.paused_until == math.inf
+            else st.paused_until, "pause_reason": st.pause_reason if paused else None,
+            "reference": st.reference, "reference_set_by": st.reference_set_by,
+            "last_position": st.last_position, "session_start": self.parts.session_start,
+            "calibrated": self.estimator.calibration is not None,
+            "calibration_note": None if self.estimator.calibration is not None else
+            f"no calibration: {s.estimator.without_calibration} until `temalign calibrate` runs",
+            "model": self.estimator.model.identity,
+            "limits": s.safety.model_dump(mode="json"),
+            "interval_s": s.schedule.interval_s,
+            "moved_last_hour_units": round(self.parts.ledger.moved_since(self.clock.now()), 1),
+            "failures_in_a_row": self.parts.failures.count if self.parts.failures else 0,
+            "last_cycles": self.last,
+        }
+
+    def handle(self, verb: str, args: dict[str, Any], uid: int | None) -> dict[str, Any]:
+        """A control request (audited with the peer's uid); raises ValueError to refuse it."""
+        self.journal.append("control", verb=verb, args=args, uid=uid)
+        mode = self.settings.schedule.mode
+        if verb == "status":
+            return self.status()
+        if verb == "pause":
+            seconds = args.get("for_s")
+            until = math.inf if seconds is None else self.wall() + float(seconds)
+            reason = str(args.get("reason") or ("paused by a person" if seconds is None
+                                                else f"paused for {float(seconds):.0f} s"))
+            self.store.update(paused_until=until, pause_reason=reason)
+        elif verb == "resume":
+            # the person who resumes accepts the column as it is now (after moving it by hand)
+            where, c1 = self._read_position(), self._read_c1()
+            self.store.update(paused_until=None, pause_reason=None,
+                              **({"last_position": where} if where else {}),
+                              **({"last_c1": c1} if c1 is not None else {}))
+        elif verb == "dry-run":
+            on = args.get("on")
+            if not isinstance(on, bool):
+                raise ValueError("dry-run needs on: true or false")
+            self.store.update(mode="dry-run" if on else "live")
+        elif verb == "hold-clear":
+            self.store.update(hold=None)
+            if self.parts.failures is not None:
+                self.parts.failures.success()
+        elif verb == "once":
+            return self.cycle(forced=True).to_json()
+        elif verb == "reference-set":
+            where = self._read_position()
+            if where is None:
+                raise ValueError("cannot read the aperture position from the microscope")
+            self.store.update(reference=where, reference_set_by=f"person (uid {uid})", last_position=where)
+            self.journal.append("reference", position=where, set_by=f"person (uid {uid})")
+        else:
+            raise ValueError(f"unknown request {verb!r}")
+        self.store.load(mode)
+        self._publish_state()
+        return self.status()
+
+    def _read_position(self) -> tuple[int, int] | None:
+        try:
+            p = self.microscope.aperture()
+            return (int(p.x), int(p.y))
+        except ProtocolError:
+            return None
+
+    def _read_c1(self) -> float | None:
+        try:
+            return float(self.microscope.c1())
+        except ProtocolError:
+            return None
+
+    # ---- running and stopping ---------------------------------------------------------------------
+
+    def run_forever(self) -> int:
+        """Until SIGTERM or SIGINT: watchdog pings; then a clean stop. Returns the exit status."""
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        ping = notify.watchdog_interval_s()
+        while not self._stop.wait(ping / 2 if ping else 1.0):
+            if ping:
+                notify.watchdog_ping()
+        self.stop()
+        return 0
+
+    def stop(self) -> None:
+        """Let a running cycle finish, then close everything (idempotent)."""
+        self._stop.set()
+        notify.stopping()
+        if self._scheduler is not None:
+            with contextlib.suppress(Exception):
+                self._scheduler.shutdown(wait=True)
+            self._scheduler = None
+        with self._lock:
+            if self._control is not None:
+                self._control.close()
+                self._control = None
+            if self.started:
+                self.journal.append("stop")
+                self.started = False
+            self.metrics.set_state("stopping")
+            self.metrics.shutdown()
+            self.journal.close()

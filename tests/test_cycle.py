@@ -1,0 +1,192 @@
+"""One cycle against a real twin over TCP: each outcome, and the safety.md invariants it carries.
+
+Every test runs the real cycle (wobble, both estimators, the envelope, move, read back, verify)
+with the shipped model, on the twin's clock at 1000x (a cycle takes a fraction of a second)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from temalign.config.schema import Settings
+from temalign.estimate.classical import nominal_calibration
+from temalign.estimate.combined import CombinedEstimator
+from temalign.estimate.model_estimator import ModelEstimator
+from temalign.record.journal import Journal, read_journal
+from temalign.record.state import StateStore
+from temalign.service.cycle import Parts, run_cycle
+from temalign.wobble.c1_memory import C1Memory
+from temalign.wobble.sources import CameraSource
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "wobble_physics.tflite"
+
+
+def make_parts(served: Any, connect: Any, tmp_path: Path, *, mode: str = "live", calibrated: bool = True,
+               safety: dict[str, Any] | None = None, estimator: dict[str, Any] | None = None) -> Parts:
+    host, port = served.address
+    settings = Settings.model_validate({
+        "microscope": {"address": f"{host}:{port}"}, "paths": {"state_dir": str(tmp_path / "state")},
+        "schedule": {"mode": mode}, "safety": safety or {}, "estimator": estimator or {},
+    })
+    state_dir = settings.paths.ensure_state_dir()
+    microscope = connect(served)
+    model = ModelEstimator(SHIPPED)
+    calibration = nominal_calibration() if calibrated else None
+    return Parts(microscope=microscope, source=CameraSource(microscope, 0.1, served.clock),
+                 estimator=CombinedEstimator(model, calibration, settings.estimator, settings.quality),
+                 settings=settings, clock=served.clock, memory=C1Memory(state_dir),
+                 journal=Journal(state_dir, clock=served.clock), state=StateStore(state_dir),
+                 session_start=None)
+
+
+def offset(served: Any, dx: int, dy: int) -> None:
+    """Put the aperture (dx, dy) off the aligned position, as drift would."""
+    aligned = served.truth()["aligned"]
+    served.twin.move_aperture(round(aligned[0] + dx), round(aligned[1] + dy))
+
+
+def misalignment(served: Any) -> float:
+    return math.hypot(*served.truth()["misalignment"])
+
+
+def test_a_misaligned_aperture_is_corrected_verified_and_journaled(make_twin: Any, connect: Any,
+                                                                   tmp_path: Path) -> None:
+    served = make_twin()
+    offset(served, 120, -80)
+    parts = make_parts(served, connect, tmp_path)
+    c1_before = served.lens_reads()
+    result = run_cycle(parts)
+    assert result.outcome == "corrected", result
+    assert misalignment(served) < 0.2 * 144 + 3  # gain 0.8: 20 % of 144 units left, plus the motor
+    assert served.lens_reads() == pytest.approx(c1_before, rel=1e-9)  # invariant 2
+    assert result.before is not None and result.before.trusted and result.after is not None
+    state = parts.state.load("live")
+    assert state.reference == result.position_after and state.reference_set_by == "first verified correction"
+    kinds = [(e["kind"], e.get("phase")) for e in read_journal(tmp_path / "state")]
+    assert kinds.index(("move", "intent")) < kinds.index(("move", "done")) < kinds.index(("cycle", None))
+    assert parts.journal.pending() == []
+
+
+def test_aligned_aperture_is_left_alone(make_twin: Any, connect: Any, tmp_path: Path) -> None:
+    served = make_twin()
+    parts = make_parts(served, connect, tmp_path)
+    before = served.truth()["aperture"]
+    result = run_cycle(parts)
+    assert result.outcome == "within_deadband", result
+    assert served.truth()["aperture"] == before
+
+
+def test_dry_run_measures_and_never_moves(make_twin: Any, connect: Any, tmp_path: Path) -> None:
+    served = make_twin()
+    offset(served, -150, 60)
+    parts = make_parts(served, connect, tmp_path, mode="dry-run")
+    before = served.truth()["aperture"]
+    result = run_cycle(parts)
+    assert result.outcome == "dry_run" and result.decision is not None and result.decision.action == "move"
+    assert served.truth()["aperture"] == before
+
+
+def test_without_calibration_it_measures_only(make_twin: Any, connect: Any, tmp_path: Path) -> None:
+    served = make_twin()
+    offset(served, 100, 100)
+    parts = make_parts(served, connect, tmp_path, calibrated=False)
+    before = served.truth()["aperture"]
+    result = run_cycle(parts)
+    assert (result.outcome, result.reason) == ("dry_run", "no-calibration")
+    assert served.truth()["aperture"] == before
+
+
+def test_paused_skips_and_once_runs_anyway(make_twin: Any, connect: Any, tmp_path: Path) -> None:
+    served = make_twin()
+    offset(served, 90, 0)
+    parts = make_parts(served, connect, tmp_path)
+    parts.state.update(paused_until=math.inf, pause_reason="exposure")
+    assert run_cycle(parts).outcome == "skipped"
+    assert run_cycle(parts, forced=True).outcome == "corrected"
+
+
+def test_busy_file_blocks_even_once(make_twin: Any, connect: Any, tmp_path: Path) -> None:
+    served = make_twin()
+    busy = tmp_path / "busy"
+    busy.touch()
+    parts = make_parts(served, connect, tmp_path, safety={"busy_file": str(busy)})
+    result = run_cycle(parts, forced=True)
+    assert (result.outcome, result.reason) == ("skipped", "busy")
+
+
+def test_blank_beam_is_refused_without_a_move(make_twin: Any, connect: Any, tmp_path: Path) -> None:
+    served = make_twin()
+    offset(served, 100, 0)
+    parts = make_parts(served, connect, tmp_path)
+    served.fault("blank")
+    before = served.truth()["aperture"]
+    result = run_cycle(parts)
+    assert result.outcome == "refused_doubtful_stack", result
+    assert served.truth()["aperture"] == before
+
+
+def test_a_stuck_motor_counts_toward_hold(make_twin: Any, connect: Any, tmp_path: Path) -> None:
+    served = make_twin()
+    offset(served, 150, 0)
+    parts = make_parts(served, connect, tmp_path, safety={"hold_after_failures": 2})
+    served.fault("stuck")
+    first = run_cycle(parts)
+    assert (first.outcome, first.reason) == ("error", "motor-fault")
+    second = run_cycle(parts)
+    assert second.outcome == "hold"
+    assert parts.state.load("live").hold is not None
+    assert run_cycle(parts).outcome == "skipped"  # only a person clears a hold
+
+
+def test_a_wrong_calibration_makes_it_worse_and_is_rolled_back(make_twin: Any, connect: Any,
+                                                                tmp_path: Path) -> None:
+    served = make_twin()
+    offset(served, 60, 0)
+    parts = make_parts(served, connect, tmp_path)
+    nominal = nominal_calibration()
+    flipped = tuple(tuple(-v for v in row) for row in nominal.matrix)  # a camera mirrored both ways
+    parts.estimator.calibration = dataclasses.replace(nominal, matrix=flipped)
+    start = served.truth()["aperture"]
+    result = run_cycle(parts)
+    assert result.outcome == "rolled_back", result
+    assert math.dist(served.truth()["aperture"], start) <= 3  # back where it was (motor noise, backlash)
+    assert parts.failures is not None and parts.failures.count == 1
+
+
+def test_an_overshooting_motor_is_a_fault_and_moved_back(make_twin: Any, connect: Any,
+                                                         tmp_path: Path) -> None:
+    served = make_twin()
+    offset(served, 100, 0)
+    parts = make_parts(served, connect, tmp_path)
+    served.fault("overshoot", units=[40, 40], count=1)
+    start = served.truth()["aperture"]
+    result = run_cycle(parts)
+    assert (result.outcome, result.reason) == ("error", "motor-fault"), result
+    assert math.dist(served.truth()["aperture"], start) <= 3
+
+
+def test_a_person_moving_the_aperture_pauses_the_daemon(make_twin: Any, connect: Any,
+                                                        tmp_path: Path) -> None:
+    served = make_twin()
+    parts = make_parts(served, connect, tmp_path)
+    assert run_cycle(parts).outcome == "within_deadband"
+    offset(served, 40, 40)
+    result = run_cycle(parts)
+    assert (result.outcome, result.reason) == ("skipped", "aperture-moved")
+    assert parts.state.load("live").paused_until == math.inf
+
+
+def test_outside_the_window_is_refused(make_twin: Any, connect: Any, tmp_path: Path) -> None:
+    served = make_twin()
+    offset(served, 200, 0)
+    parts = make_parts(served, connect, tmp_path, safety={"window_units": 100, "max_excursion_units": 90,
+                                                          "max_step_units": 250})
+    parts.state.update(reference=tuple(served.truth()["aperture"]))
+    before = served.truth()["aperture"]
+    result = run_cycle(parts)
+    assert result.outcome in ("refused_limit", "hold"), result
+    assert served.truth()["aperture"] == before
