@@ -75,6 +75,17 @@ def register(subparsers: Any) -> None:
     p.add_argument("action", choices=("set",))
     p.set_defaults(handler=lambda a: _verb(a, "reference-set"))
 
+    p = subparsers.add_parser("calibrate", help="measure how the spot walk follows the aperture (2 x 2)",
+                              description="Move the aperture by known steps in x and y, wobble at each, "
+                                          "and store the 2 x 2 calibration the classical estimator uses. "
+                                          "Goes through the running daemon when one runs (never during a "
+                                          "cycle); the aperture and C1 are put back in any case.")
+    _config_arg(p)
+    _microscope_arg(p)
+    p.add_argument("--step", type=float, default=60.0, metavar="UNITS", help="step per axis (default 60)")
+    _json_arg(p)
+    p.set_defaults(handler=calibrate)
+
     p = subparsers.add_parser("history", help="the last cycles, from the journal (daemon not needed)")
     _config_arg(p)
     p.add_argument("-n", type=int, default=20, metavar="N", help="how many cycles (default 20)")
@@ -207,3 +218,64 @@ def run(args: argparse.Namespace) -> int:
     finally:
         daemon.stop()
         microscope.close()
+
+
+def describe_calibration(cal: dict[str, Any]) -> str:
+    """The matrix and what it says about the camera: rotation, scale, mirroring, against twin.md's."""
+    import numpy as np
+
+    from temalign.estimate.classical import Calibration, nominal_calibration
+
+    measured = Calibration.from_json(cal).array
+    nominal = nominal_calibration(wobble_fraction=float(cal["wobble_fraction"])).array
+    relative = np.linalg.solve(nominal, measured)
+    scale = math.sqrt(abs(np.linalg.det(relative)))
+    angle = math.degrees(math.atan2(relative[1, 0] - relative[0, 1], relative[0, 0] + relative[1, 1]))
+    mirrored = np.linalg.det(relative) < 0
+    rows = ", ".join("[" + ", ".join(f"{v:.4g}" for v in row) + "]" for row in cal["matrix"])
+    return (f"calibration stored: M = [{rows}] (FOV per unit of C1 change per motor unit)\n"
+            f"against the twin's geometry: scale {scale:.3f}, rotation {angle:+.1f} deg"
+            f"{', mirrored' if mirrored else ''}; fit residual {cal.get('residual_fov', 0) * 256:.2f} px")
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    from temalign.service.control import is_running, request
+
+    settings = _settings(args)
+    if is_running(settings.control.socket):
+        cal = request(settings.control.socket, "calibrate", {"step_units": args.step})
+    else:
+        cal = _calibrate_directly(settings, args.step)
+    print(json.dumps(cal, indent=1) if args.json else describe_calibration(cal))
+    return 0
+
+
+def _calibrate_directly(settings: Any, step: float) -> dict[str, Any]:
+    from temalign.clock import RealClock
+    from temalign.estimate.calibration import calibrate as measure
+    from temalign.estimate.classical import save_calibration
+    from temalign.protocol.errors import ProtocolError
+    from temalign.protocol.tcp_microscope import TcpMicroscope
+    from temalign.wobble.c1_memory import C1Memory
+    from temalign.wobble.cli import describe_protocol_error
+    from temalign.wobble.sources import source_from_settings
+
+    state_dir = settings.paths.ensure_state_dir()
+    ms = settings.microscope
+    clock = RealClock()
+    microscope = TcpMicroscope(ms.host_port, token=ms.token, call_timeout_s=ms.call_timeout_s,
+                               connect_timeout_s=ms.connect_timeout_s, acquire_timeout_s=ms.acquire_timeout_s,
+                               client_name="temalign-calibrate")
+    try:
+        memory = C1Memory(state_dir)
+        memory.recover(microscope)
+        source = source_from_settings(settings.source, microscope, clock)
+        cal = measure(microscope, source, wobble_settings=settings.wobble, quality_settings=settings.quality,
+                      clock=clock, memory=memory, step_units=step,
+                      progress=lambda text: print(text, flush=True))
+    except ProtocolError as error:
+        raise TemalignError(describe_protocol_error(error, ms.address)) from None
+    finally:
+        microscope.close()
+    save_calibration(state_dir, cal)
+    return cal.to_json()

@@ -263,6 +263,8 @@ class Daemon:
                 self.parts.failures.success()
         elif verb == "once":
             return self.cycle(forced=True).to_json()
+        elif verb == "calibrate":
+            return self.calibrate(step_units=float(args.get("step_units", 60.0)))
         elif verb == "reference-set":
             where = self._read_position()
             if where is None:
@@ -274,6 +276,33 @@ class Daemon:
         self.store.load(mode)
         self._publish_state()
         return self.status()
+
+    def calibrate(self, step_units: float = 60.0) -> dict[str, Any]:
+        """Measure and store the 2 x 2 calibration between cycles (never during one)."""
+        from temalign.estimate.calibration import calibrate
+        from temalign.estimate.classical import save_calibration
+
+        s = self.settings
+        with self._lock:
+            op = self.journal.intent("calibration", step_units=step_units)
+            try:
+                cal = calibrate(self.microscope, self.parts.source, wobble_settings=s.wobble,
+                                quality_settings=s.quality, clock=self.clock, memory=self.memory,
+                                step_units=step_units)
+            except (TemalignError, ProtocolError) as error:
+                self.journal.outcome(op, "calibration", ok=False, error=str(error))
+                where = self._read_position()
+                if where is not None:
+                    self.store.update(last_position=where)
+                raise TemalignError(f"calibration failed: {error}") from None
+            save_calibration(s.paths.state_dir, cal)
+            self.estimator.calibration = cal
+            self.journal.outcome(op, "calibration", ok=True, calibration=cal.to_json())
+            where = self._read_position()
+            if where is not None:
+                self.store.update(last_position=where)
+        self.metrics.set_calibrated(True)
+        return cal.to_json()
 
     def _read_position(self) -> tuple[int, int] | None:
         try:

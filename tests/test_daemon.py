@@ -1,0 +1,197 @@
+"""The service around the cycle: start-up recovery, the control verbs, metrics, what survives a
+restart, and a real `temalign run` process stopped by SIGTERM. All against a twin over TCP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from temalign.config.schema import Settings
+from temalign.errors import ConfigError
+from temalign.record.journal import Journal, read_journal
+from temalign.service.control import ControlError, request
+from temalign.service.daemon import Daemon
+from temalign.wobble.c1_memory import C1Memory
+from temalign.wobble.stack import c1_series
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def config(served: Any, root: Path, **sections: Any) -> dict[str, Any]:
+    host, port = served.address
+    return {"microscope": {"address": f"{host}:{port}"}, "paths": {"state_dir": str(root / "state")},
+            "control": {"socket": str(root / "c.sock")},
+            "metrics": {"host": "127.0.0.1", "port": free_port()},
+            "schedule": {"interval_s": 3600, "jitter_s": 0, "mode": "dry-run"}, **sections}
+
+
+@pytest.fixture
+def short_dir() -> Any:
+    """A short temp dir: Unix socket paths have a 107-byte limit that pytest's tmp_path can break."""
+    with tempfile.TemporaryDirectory(prefix="ta-") as d:
+        yield Path(d)
+
+
+def start_daemon(served: Any, connect: Any, root: Path, **sections: Any) -> Daemon:
+    settings = Settings.model_validate(config(served, root, **sections))
+    daemon = Daemon(settings, connect(served), clock=served.clock)
+    daemon.start(schedule=False)
+    return daemon
+
+
+def offset(served: Any, dx: int, dy: int) -> None:
+    aligned = served.truth()["aligned"]
+    served.twin.move_aperture(round(aligned[0] + dx), round(aligned[1] + dy))
+
+
+def test_a_session_through_the_control_verbs(make_twin: Any, connect: Any, short_dir: Path) -> None:
+    served = make_twin()
+    offset(served, 140, 90)
+    daemon = start_daemon(served, connect, short_dir)
+    sock = daemon.settings.control.socket
+    try:
+        status = request(sock, "status")
+        assert status["state"] == "dry_run" and status["calibrated"] is False
+        assert "no calibration" in status["calibration_note"]
+        assert request(sock, "once")["outcome"] == "dry_run"
+        cal = request(sock, "calibrate", {"step_units": 60})
+        assert cal["source"] == "measured"
+        assert request(sock, "status")["calibrated"] is True
+        request(sock, "dry-run", {"on": False})
+        once = request(sock, "once")
+        assert once["outcome"] == "corrected", once
+        assert math.hypot(*served.truth()["misalignment"]) < 40
+        request(sock, "pause", {"for_s": 600, "reason": "exposure"})
+        status = request(sock, "status")
+        assert status["state"] == "paused" and status["pause_reason"] == "exposure"
+        assert daemon.cycle().outcome == "skipped"
+        with pytest.raises(ControlError, match="unknown request 'fly'"):
+            request(sock, "fly")
+        metrics = urllib.request.urlopen(
+            f"http://127.0.0.1:{daemon.settings.metrics.port}/metrics", timeout=5).read().decode()
+        assert 'temalign_cycles_total{outcome="corrected"} 1.0' in metrics
+        assert "temalign_calibrated 1.0" in metrics
+    finally:
+        daemon.stop()
+    audit = [e for e in read_journal(short_dir / "state") if e["kind"] == "control"]
+    assert {e["verb"] for e in audit} >= {"status", "once", "calibrate", "dry-run", "pause"}
+    assert all(e["uid"] == os.getuid() for e in audit)
+
+
+def test_pause_dry_run_hold_and_reference_survive_a_restart(make_twin: Any, connect: Any,
+                                                            short_dir: Path) -> None:
+    served = make_twin()
+    daemon = start_daemon(served, connect, short_dir)
+    sock = daemon.settings.control.socket
+    request(sock, "dry-run", {"on": False})
+    request(sock, "pause", {})
+    request(sock, "reference-set")
+    daemon.parts.state.update(hold="test: two rollbacks")
+    daemon.stop()
+    again = start_daemon(served, connect, short_dir)
+    try:
+        status = request(sock, "status")
+        assert status["state"] == "hold" and status["mode"] == "live" and status["paused"] is True
+        assert status["reference"] == list(served.truth()["aperture"])
+        request(sock, "hold-clear")
+        request(sock, "resume")
+        assert request(sock, "status")["state"] == "running"
+    finally:
+        again.stop()
+
+
+def test_start_puts_c1_back_and_records_a_move_in_flight(make_twin: Any, connect: Any,
+                                                         short_dir: Path) -> None:
+    served = make_twin()
+    state_dir = short_dir / "state"
+    state_dir.mkdir()
+    c0 = served.lens_reads()
+    values = c1_series(c0, 0.03)
+    C1Memory(state_dir).begin(c0, values)  # a daemon killed mid-wobble ...
+    served.twin.set_c1(values[1])  # ... with C1 at the second step
+    with Journal(state_dir) as journal:
+        journal.intent("move", origin=(0, 0), target=(10, 10))  # ... or mid-move
+    daemon = start_daemon(served, connect, short_dir)
+    try:
+        assert served.lens_reads() == pytest.approx(c0, rel=1e-12)
+        entries = read_journal(state_dir)
+        recovered = [e for e in entries if e["kind"] == "recovery"]
+        assert any("restored" in e["note"] for e in recovered)
+        assert any("was in flight" in e["note"] for e in recovered)
+        assert daemon.journal.pending() == []
+    finally:
+        daemon.stop()
+
+
+def test_a_model_card_that_does_not_match_the_config_refuses_to_start(make_twin: Any, connect: Any,
+                                                                       short_dir: Path) -> None:
+    served = make_twin()
+    settings = Settings.model_validate(config(served, short_dir, wobble={"fraction": 0.02}))
+    with pytest.raises(ConfigError, match=r"expects a 0\.03 wobble"):
+        Daemon(settings, connect(served), clock=served.clock)
+    # the journal lock was released: a corrected config starts
+    settings = Settings.model_validate(config(served, short_dir))
+    Daemon(settings, connect(served), clock=served.clock).stop()
+
+
+def test_temalign_run_as_a_process(make_twin: Any, short_dir: Path) -> None:
+    """systemd's view: READY over NOTIFY_SOCKET, the CLI verbs, SIGTERM -> exit 0 with C1 back."""
+    served = make_twin()
+    cfg = config(served, short_dir, wobble={"settle_s": 0.01}, schedule={"interval_s": 10, "jitter_s": 0,
+                                                                         "mode": "dry-run"})
+    path = short_dir / "temalign.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    notify_path = short_dir / "notify"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(30)
+    c0 = served.lens_reads()
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    cli = [sys.executable, "-m", "temalign.cli"]
+    proc = subprocess.Popen([*cli, "run", "--config", str(path)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert listener.recv(4096).decode().startswith("READY=1")
+        status = subprocess.run([*cli, "status", "--config", str(path), "--json"], capture_output=True,
+                                text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["mode"] == "dry-run"
+        once = subprocess.run([*cli, "once", "--config", str(path)], capture_output=True, text=True,
+                              timeout=120)
+        assert once.returncode == 0 and once.stdout.startswith("dry_run"), once
+        paused = subprocess.run([*cli, "pause", "--config", str(path), "--for", "1h"], capture_output=True,
+                                text=True, timeout=60)
+        assert paused.returncode == 0 and "paused until" in paused.stdout
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        listener.close()
+    assert served.lens_reads() == pytest.approx(c0, rel=1e-12)
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert any(line.get("event") == "cycle" and line.get("outcome") == "dry_run" for line in lines)
+    history = subprocess.run([*cli, "history", "--config", str(path), "-n", "5"], capture_output=True,
+                             text=True, timeout=60)
+    assert history.returncode == 0 and "dry_run" in history.stdout
+    down = subprocess.run([*cli, "status", "--config", str(path)], capture_output=True, text=True, timeout=60)
+    assert down.returncode == 1 and "no temalign daemon" in down.stderr and "Traceback" not in down.stderr
