@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,14 @@ def test_temalign_run_as_a_process(make_twin: Any, short_dir: Path) -> None:
         paused = subprocess.run([*cli, "pause", "--config", str(path), "--for", "1h"], capture_output=True,
                                 text=True, timeout=60)
         assert paused.returncode == 0 and "paused until" in paused.stdout
+        path.write_text(yaml.safe_dump({**cfg, "safety": {"deadband_units": 7.0}}))
+        proc.send_signal(signal.SIGHUP)
+        assert _wait_for(lambda: _limits(cli, path)["deadband_units"] == 7.0)
+        path.write_text("safety: {deadband_units: 'seven'}\n")
+        proc.send_signal(signal.SIGHUP)
+        assert _wait_for(lambda: any("refused" in e for e in read_journal(short_dir / "state")
+                                     if e["kind"] == "reload"))
+        assert _limits(cli, path.with_name("good.yaml"), cfg)["deadband_units"] == 7.0  # still running on it
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err
@@ -190,8 +199,43 @@ def test_temalign_run_as_a_process(make_twin: Any, short_dir: Path) -> None:
     assert served.lens_reads() == pytest.approx(c0, rel=1e-12)
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert any(line.get("event") == "cycle" and line.get("outcome") == "dry_run" for line in lines)
+    path = path.with_name("good.yaml")
     history = subprocess.run([*cli, "history", "--config", str(path), "-n", "5"], capture_output=True,
                              text=True, timeout=60)
     assert history.returncode == 0 and "dry_run" in history.stdout
     down = subprocess.run([*cli, "status", "--config", str(path)], capture_output=True, text=True, timeout=60)
     assert down.returncode == 1 and "no temalign daemon" in down.stderr and "Traceback" not in down.stderr
+
+
+def _wait_for(check: Any, timeout_s: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def _limits(cli: list[str], path: Path, write: dict[str, Any] | None = None) -> dict[str, Any]:
+    if write is not None:
+        path.write_text(yaml.safe_dump(write))
+    out = subprocess.run([*cli, "status", "--config", str(path), "--json"], capture_output=True, text=True,
+                         timeout=60)
+    return json.loads(out.stdout)["limits"] if out.returncode == 0 else {}
+
+
+def test_reload_takes_limits_and_keeps_what_needs_a_restart(make_twin: Any, connect: Any,
+                                                             short_dir: Path) -> None:
+    served = make_twin()
+    daemon = start_daemon(served, connect, short_dir)
+    try:
+        raw = config(served, short_dir)
+        raw["safety"] = {"gain": 0.5, "hold_after_failures": 7}
+        raw["wobble"] = {"fraction": 0.02, "settle_s": 1.0}
+        raw["metrics"] = {"port": raw["metrics"]["port"] + 1}
+        notes = daemon.reload(Settings.model_validate(raw))
+        assert daemon.settings.safety.gain == 0.5 and daemon.parts.failures.limit == 7
+        assert daemon.settings.wobble.settle_s == 1.0 and daemon.settings.wobble.fraction == 0.03
+        assert "metrics" in notes[-1] and "wobble.fraction" in notes[-1]
+    finally:
+        daemon.stop()

@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> int:
     daemon = Daemon(settings, microscope)
     try:
         daemon.start()
-        return daemon.run_forever()
+        return daemon.run_forever(reload=lambda: _settings(args))
     finally:
         daemon.stop()
         microscope.close()

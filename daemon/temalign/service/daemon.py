@@ -319,14 +319,67 @@ class Daemon:
 
     # ---- running and stopping ---------------------------------------------------------------------
 
-    def run_forever(self) -> int:
-        """Until SIGTERM or SIGINT: watchdog pings; then a clean stop. Returns the exit status."""
+    def reload(self, new: Settings) -> list[str]:
+        """SIGHUP: take the new limits, thresholds, schedule and logging at once; sections that need
+        new connections or files (microscope, source, paths, control, metrics, journal, the model)
+        are kept until a restart, and the returned sentences say which."""
+        old = self.settings
+        live = ("wobble", "quality", "safety", "schedule", "logging")
+        kept = [name for name in type(old).model_fields if name not in live
+                and getattr(old, name) != getattr(new, name)]
+        changes = {name: getattr(new, name) for name in live}
+        estimator = old.estimator.model_copy(update={
+            k: getattr(new.estimator, k) for k in ("agreement_units", "classical_max_residual_px",
+                                                   "without_calibration")})
+        if new.wobble.fraction != old.wobble.fraction:
+            kept.append("wobble.fraction (the model's card fixes it)")
+            changes["wobble"] = new.wobble.model_copy(update={"fraction": old.wobble.fraction})
+        merged = old.model_copy(update={**changes, "estimator": estimator})
+        with self._lock:
+            self.settings = self.parts.settings = merged
+            self.estimator.settings = merged.estimator
+            self.estimator.quality_settings = merged.quality
+            if self.parts.failures is not None:
+                self.parts.failures.limit = merged.safety.hold_after_failures
+        if merged.logging != old.logging:
+            from temalign.record.logs import configure_logging
+
+            configure_logging(merged.logging.level, merged.logging.format)
+        if self._scheduler is not None and merged.schedule != old.schedule:
+            from apscheduler.triggers.interval import IntervalTrigger
+
+            scale = float(getattr(self.clock, "scale", 1.0))
+            self._scheduler.reschedule_job("cycle", trigger=IntervalTrigger(
+                seconds=merged.schedule.interval_s / scale, jitter=merged.schedule.jitter_s / scale or None))
+        notes = ["reloaded: wobble, quality, safety, schedule, logging and the estimator's thresholds"]
+        if kept:
+            notes.append("kept until a restart: " + ", ".join(sorted(kept)))
+        self.journal.append("reload", notes=notes)
+        return notes
+
+    def run_forever(self, reload: Callable[[], Settings] | None = None) -> int:
+        """Until SIGTERM or SIGINT: watchdog pings, SIGHUP reloads (`reload()` reads and validates the
+        file: a bad file keeps the running config); then a clean stop. Returns the exit status."""
+        hup = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
         signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: hup.set())
         ping = notify.watchdog_interval_s()
-        while not self._stop.wait(ping / 2 if ping else 1.0):
+        while not self._stop.wait(min(ping / 2, 1.0) if ping else 1.0):
             if ping:
                 notify.watchdog_ping()
+            if hup.is_set():
+                hup.clear()
+                notify.reloading()
+                try:
+                    if reload is None:
+                        raise ConfigError("no config file to reload")
+                    for note in self.reload(reload()):
+                        log.info("reload", note=note)
+                except TemalignError as error:
+                    self.journal.append("reload", refused=str(error))
+                    log.error("reload refused; the running config stays", error=str(error))
+                notify.ready(self.status_line())
         self.stop()
         return 0
 
