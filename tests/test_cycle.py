@@ -190,3 +190,23 @@ def test_outside_the_window_is_refused(make_twin: Any, connect: Any, tmp_path: P
     result = run_cycle(parts)
     assert result.outcome in ("refused_limit", "hold"), result
     assert served.truth()["aperture"] == before
+
+
+def test_estimators_that_disagree_move_nothing(make_twin: Any, connect: Any, tmp_path: Path) -> None:
+    served = make_twin()
+    offset(served, 120, 0)
+    parts = make_parts(served, connect, tmp_path, estimator={"agreement_units": 0.001})
+    before = served.truth()["aperture"]
+    result = run_cycle(parts)
+    assert (result.outcome, result.reason) == ("refused_low_confidence", "disagree"), result
+    assert served.truth()["aperture"] == before
+
+
+def test_a_person_changing_c1_pauses_the_daemon(make_twin: Any, connect: Any, tmp_path: Path) -> None:
+    served = make_twin()
+    parts = make_parts(served, connect, tmp_path)
+    assert run_cycle(parts).outcome == "within_deadband"
+    served.twin.set_c1(served.lens_reads() * 1.01)
+    result = run_cycle(parts)
+    assert (result.outcome, result.reason) == ("skipped", "c1-changed")
+    assert parts.state.load("live").paused_until == math.inf

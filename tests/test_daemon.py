@@ -239,3 +239,26 @@ def test_reload_takes_limits_and_keeps_what_needs_a_restart(make_twin: Any, conn
         assert "metrics" in notes[-1] and "wobble.fraction" in notes[-1]
     finally:
         daemon.stop()
+
+
+def test_acquisition_refuses_while_the_daemon_runs_unpaused(make_twin: Any, connect: Any, short_dir: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import acquire
+
+    served = make_twin({"camera": {"width": 64, "height": 64}})
+    daemon = start_daemon(served, connect, short_dir)
+    cfg = short_dir / "daemon.yaml"
+    cfg.write_text(yaml.safe_dump(config(served, short_dir)))
+    host, port = served.address
+    args = ["--microscope", f"{host}:{port}", "--time-scale", "1000", "--radius", "50", "--samples", "3",
+            "--out", str(short_dir / "set.npz"), "--state-dir", str(short_dir / "tool-state"),
+            "--no-progress", "--daemon-config", str(cfg)]
+    try:
+        assert acquire.main(args) == 2
+        assert "temalign pause" in capsys.readouterr().err
+        assert not (short_dir / "set.npz").exists()
+        request(daemon.settings.control.socket, "pause", {})
+        assert acquire.main(args) == 0
+        assert (short_dir / "set.npz").exists()
+    finally:
+        daemon.stop()

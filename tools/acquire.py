@@ -103,6 +103,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--time-scale", type=float, default=1.0,
                         help="--microscope: clock seconds per wall second, for a twin served faster than "
                         "real time (default 1: a real column)")
+    parser.add_argument("--daemon-config", type=Path, metavar="FILE",
+                        help="--microscope: the config of a temalign daemon on this PC, whose control "
+                        "socket tells whether it runs (default /etc/temalign/temalign.yaml, else the shipped "
+                        "one); acquisition refuses to start while it runs and is not paused")
     parser.add_argument("--merge", nargs="+", type=Path, metavar="DATASET.npz",
                         help="instead of acquiring: merge these datasets into --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -392,6 +396,7 @@ def run_command(args: argparse.Namespace) -> int:
                 from temalign.clock import RealClock
                 clock = RealClock()
             address = args.microscope
+            _refuse_if_daemon_active(args.daemon_config)
             state_dir = args.state_dir or _default_state_dir()
         token = None
         if args.token_file is not None:
@@ -468,6 +473,20 @@ def run_command(args: argparse.Namespace) -> int:
     print(f"wrote {out}: {samples} samples of {dataset.stacks.shape[3]}x{dataset.stacks.shape[2]} px; "
           f"aperture back at ({run.a_start[0]}, {run.a_start[1]}), C1 back at {c1:.6g}")
     return 0
+
+
+def _refuse_if_daemon_active(config: Path | None) -> None:
+    from temalign.config.loader import default_config_path, load_config
+    from temalign.service.control import refuse_if_daemon_active
+
+    path = config if config is not None else default_config_path()
+    try:
+        settings = load_config(path)
+    except TemalignError:
+        if config is not None:
+            raise
+        return  # no usable daemon config on this PC: no daemon to ask
+    refuse_if_daemon_active(settings.control.socket, "acquisition")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -196,3 +196,19 @@ def request(path: Path, verb: str, args: dict[str, Any] | None = None, timeout_s
 def is_running(path: Path) -> bool:
     """A daemon answers on the control socket (the tools refuse to move the aperture then)."""
     return Path(path).exists() and _answers(Path(path))
+
+
+def refuse_if_daemon_active(path: Path, what: str) -> None:
+    """Tools that move the aperture beyond the daemon's envelope (acquisition) run only while no
+    daemon runs, or while it is paused or in hold (safety.md, Tools): two controllers would fight."""
+    if not is_running(path):
+        return
+    try:
+        status = request(path, "status", timeout_s=30.0)
+    except ControlError as error:
+        raise ControlError(f"{what}: a temalign daemon listens on {path} but its state is unknown ({error}); "
+                           "stop or pause it first") from None
+    if status.get("state") not in ("paused", "hold"):
+        raise ControlError(f"{what}: a temalign daemon is running ({status.get('state')}) on {path}: it "
+                           "would fight this tool for the aperture; `temalign pause` it first (resume "
+                           "afterwards)")
