@@ -210,3 +210,15 @@ def test_a_person_changing_c1_pauses_the_daemon(make_twin: Any, connect: Any, tm
     result = run_cycle(parts)
     assert (result.outcome, result.reason) == ("skipped", "c1-changed")
     assert parts.state.load("live").paused_until == math.inf
+
+
+def test_a_lens_that_does_not_take_its_value_counts_toward_hold(make_twin: Any, connect: Any,
+                                                                 tmp_path: Path) -> None:
+    served = make_twin()
+    parts = make_parts(served, connect, tmp_path, safety={"hold_after_failures": 2})
+    c1 = served.lens_reads()
+    served.fault("lens_ignore")
+    first = run_cycle(parts)
+    assert (first.outcome, first.reason) == ("error", "lens-did-not-take"), first
+    assert run_cycle(parts).outcome == "hold"
+    assert served.lens_reads() == pytest.approx(c1, rel=1e-9)

@@ -161,6 +161,11 @@ def describe_status(s: dict[str, Any]) -> str:
         lines.append(f"paused {when}: {s.get('pause_reason')}")
     lines.append(f"reference: {s.get('reference')} ({s.get('reference_set_by') or 'not set yet'}); "
                  f"aperture last at {s.get('last_position')}")
+    est = s.get("misalignment")
+    if est:
+        m = est.get("misalignment")
+        lines.append(f"misalignment: {m if m is not None else 'unknown'} units (model {est.get('model')}, "
+                     f"classical {est.get('classical')}, {est.get('reason')})")
     if s.get("calibration_note"):
         lines.append(s["calibration_note"])
     lim = s.get("limits", {})

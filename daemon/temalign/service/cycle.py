@@ -23,7 +23,7 @@ from temalign.protocol.errors import ProtocolError
 from temalign.record.journal import Journal
 from temalign.record.state import RunState, StateStore, is_paused
 from temalign.wobble.c1_memory import C1Memory, same_c1
-from temalign.wobble.errors import C1RestoreFailed, SourceError, WobbleError
+from temalign.wobble.errors import C1RestoreFailed, LensDidNotTake, SourceError, WobbleError
 from temalign.wobble.sources import ImageSource
 from temalign.wobble.stack import wobble
 
@@ -235,6 +235,9 @@ class _Cycle:
         except C1RestoreFailed as error:
             self.state = self.p.state.update(hold=f"C1 could not be restored: {error}")
             return self.result("hold", "c1-restore-failed", str(error))
+        except LensDidNotTake as error:
+            held = self.fail("lens", str(error))
+            return self.result("hold" if held else "error", "lens-did-not-take", str(error))
         except (WobbleError, SourceError, ProtocolError) as error:
             return self.result("error", "wobble", str(error))
         self.fields["before"] = before

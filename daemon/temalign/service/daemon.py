@@ -231,8 +231,18 @@ class Daemon:
             "interval_s": s.schedule.interval_s,
             "moved_last_hour_units": round(self.parts.ledger.moved_since(self.clock.now()), 1),
             "failures_in_a_row": self.parts.failures.count if self.parts.failures else 0,
+            "misalignment": self._last_estimate(),
             "last_cycles": self.last,
         }
+
+    def _last_estimate(self) -> dict[str, Any] | None:
+        """The newest cycle's estimate (each estimator's, the one used, |m|), or None."""
+        for cycle in self.last:
+            before = cycle.get("before")
+            if before and before.get("model") is not None:
+                keys = ("misalignment", "delta", "model", "classical", "confidence", "trusted", "reason")
+                return {k: before.get(k) for k in keys} | {"at_cycle_start": cycle["started"]}
+        return None
 
     def handle(self, verb: str, args: dict[str, Any], uid: int | None) -> dict[str, Any]:
         """A control request (audited with the peer's uid); raises ValueError to refuse it."""
