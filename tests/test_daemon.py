@@ -107,8 +107,12 @@ def test_pause_dry_run_hold_and_reference_survive_a_restart(make_twin: Any, conn
     request(sock, "reference-set")
     daemon.parts.state.update(hold="test: two rollbacks")
     daemon.stop()
+    with Journal(short_dir / "state") as journal:  # a move 40 units long, just before the restart
+        op = journal.intent("move", origin=(0, 0), target=(24, 32))
+        journal.outcome(op, "move", ok=True, read_back=(24, 32))
     again = start_daemon(served, connect, short_dir)
     try:
+        assert again.parts.ledger.moved_since(again.clock.now()) == pytest.approx(40.0)
         status = request(sock, "status")
         assert status["state"] == "hold" and status["mode"] == "live" and status["paused"] is True
         assert status["reference"] == list(served.truth()["aperture"])

@@ -1,175 +1,165 @@
-"""`temalign demo`: the whole measuring path on a digital twin, in a few seconds.
+"""`temalign demo`: a whole session of the daemon keeping a drifting column aligned, in a minute.
 
-A twin serves protocol v1 on an ephemeral port in this process; the demo talks to it over TCP
-exactly as the daemon talks to a column (TcpMicroscope), wobbles with the aperture aligned, then
-150 and 240 units off, and shows for each stack the spot the estimator measured next to the
-twin's truth (read through the protocol's twin.truth, which the daemon itself never calls), and
-whether the discs walk. It writes one PNG per stack (the 7 frames and a colour composite, like
-the paper's Fig. 2 and 10) and puts the aperture back where it found it."""
+A digital twin with the default drift (linear, random walk, rare jumps) runs in accelerated time
+and serves protocol v1 on a loopback port; the aperture starts well off the optic axis, as after
+a cold start. The demo calibrates the classical estimator as a person would, then starts the real
+daemon (scheduler, envelope, journal, metrics, control socket) against the twin over TCP. The
+demo is only the harness: it reads the twin's truth in-process to show what a microscopist would
+want to know (how far off the aperture really is, and how far off it would be had nobody touched
+it), which the daemon never sees. It ends with a summary, summary.json and session.png."""
 
 from __future__ import annotations
 
 import argparse
+import errno
+import json
 import math
+import shutil
+import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from temalign.errors import ConfigError, TemalignError
 
-STACKS = (
-    ("aligned", (0, 0)),
-    ("150 units off (along x)", (150, 0)),
-    ("240 units off (towards -x, +y)", (-170, 170)),
-)
-SETTLE_S = 2.0
-"""The paper's wait after each C1 change (twin seconds)."""
-FRACTION = 0.03
+WITHIN_UNITS = 20.0
+"""What a person accepts as aligned: 2 % of the 1000-unit range (twin.md)."""
+CONVERGE_S = 900.0
+"""Figures leave out the first 15 twin minutes: the cold start is the daemon's to fix, not drift."""
+SAMPLE_S = 30.0
+START_DIRECTION = (-0.6, 0.8)
+INTERVAL_S = 300.0
+JITTER_S = 10.0
+EXPOSURE_S = 0.1
+CAL_STEP_UNITS = 60.0
+WOBBLING_OUTCOMES = frozenset({"corrected", "rolled_back", "within_deadband", "refused_low_confidence",
+                               "refused_doubtful_stack", "refused_limit", "dry_run", "hold"})
+TWO_WOBBLES = frozenset({"corrected", "rolled_back"})
 
 
 def register(subparsers: Any) -> None:
     """Add the `demo` subcommand."""
     parser = subparsers.add_parser(
         "demo",
-        help="run wobbles on a digital twin over TCP and show what they measure",
-        description="Start a digital twin in this process, connect to it over TCP, wobble with the "
-                    "aperture aligned, 150 and 240 units off; print measured vs true spot positions "
-                    "and write a PNG per stack.",
+        help="watch the daemon keep a drifting digital twin aligned for a session, in about a minute",
+        description="Start a digital twin with drift in accelerated time, the aperture off axis; calibrate; "
+                    "run the daemon against it over TCP; show live progress, serve the metrics, and end "
+                    "with a summary and a plot of the misalignment with and without correction.",
     )
-    parser.add_argument("--seed", type=int, default=0, help="twin seed (default %(default)s)")
-    parser.add_argument("--time-scale", type=float, default=50.0, metavar="X",
-                        help="twin seconds per wall second (default %(default)g)")
+    parser.add_argument("--hours", type=float, default=6.0, metavar="H",
+                        help="session length in twin hours (default %(default)g)")
+    parser.add_argument("--scale", type=float, default=600.0, metavar="S",
+                        help="twin seconds per wall second (default %(default)g: 6 h in about 36 s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="twin seed: the drift it meets (default %(default)s)")
     parser.add_argument("--out", type=Path, default=Path("demo-out"), metavar="DIR",
-                        help="where the PNGs go (default ./%(default)s)")
+                        help="where session.png and summary.json go (default ./%(default)s)")
+    parser.add_argument("--metrics-port", type=int, default=9641, metavar="P",
+                        help="Prometheus metrics port on 127.0.0.1 (default %(default)s; 0: any free port)")
+    parser.add_argument("--start-offset", type=float, default=180.0, metavar="UNITS",
+                        help="how far off the aligned position the aperture starts (default %(default)g)")
     parser.set_defaults(handler=run)
 
 
-@dataclass(frozen=True)
-class TruthSpot:
-    """The twin's own spot at the moment a frame was grabbed (FOV)."""
-
-    centre: tuple[float, float]
-    radius: float
-    misalignment: tuple[float, float]
-
-
-class TruthRecorder:
-    """An image source that asks the twin for its truth right after each frame, so the table can
-    put the measurement next to what the twin rendered. The wobble only sees a source."""
-
-    def __init__(self, source: Any, truth_client: Any, progress: Any) -> None:
-        self.source = source
-        self.truth_client = truth_client
-        self.progress = progress
-        self.truths: list[TruthSpot] = []
-        self.name = source.name
-        self.kind = source.kind
-
-    def grab(self) -> Any:
-        frame = self.source.grab()
-        truth = self.truth_client.call("twin.truth", {})
-        spot = truth["spot"]
-        self.truths.append(TruthSpot(tuple(spot["centre"]), float(spot["radius"]),
-                                     tuple(truth["misalignment"])))
-        self.progress(f"frame {len(self.truths)}/7")
-        return frame
-
-
-def _progress_line(prefix: str) -> Any:
-    """Progress of one wobble: redrawn in place on a terminal, one line otherwise."""
-    if not sys.stdout.isatty():
-        print(f"  {prefix}...", flush=True)
-        return lambda text: None
-
-    def show(text: str) -> None:
-        print(f"\r  {prefix}: {text}   ", end="", flush=True)
-    return show
-
-
-def _table(stack: Any, spots: list[Any], truths: list[TruthSpot]) -> list[str]:
-    from temalign.wobble.report import pixel_position
-
-    height, width = stack.images.shape[1:]
-    lines = [f"  {'k':>1}  {'C1':>7}   {'measured col,row px':>21}   {'truth col,row px':>21}   "
-             f"{'error px':>8}   {'radius px meas/truth':>20}"]
-    for k, (c1, spot, truth) in enumerate(zip(stack.c1_values, spots, truths, strict=True)):
-        tx = (truth.centre[0] + 0.5) * width - 0.5
-        ty = (truth.centre[1] + 0.5 * height / width) * width - 0.5
-        true_text = f"({tx:8.2f}, {ty:8.2f})"
-        if not spot.found:
-            lines.append(f"  {k:>1}  {c1:7.4f}   {'no spot found':>21}   {true_text:>21}")
-            continue
-        mx, my = pixel_position(spot, width, height)
-        error = math.hypot(mx - tx, my - ty)
-        lines.append(f"  {k:>1}  {c1:7.4f}   ({mx:8.2f}, {my:8.2f})   {true_text:>21}   {error:8.2f}   "
-                     f"{spot.radius * width:9.1f} / {truth.radius * width:<8.1f}")
-    return lines
-
-
-def write_png(path: Path, stack: Any, spots: list[Any], truths: list[TruthSpot], title: str) -> bool:
-    """The 7 frames side by side and a composite with one colour per frame; False without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import numpy as np
-    except ImportError:
-        return False
-    from temalign.wobble.report import pixel_position
-
-    images = stack.images
-    n, height, width = images.shape
-    shown = []
-    for image, spot in zip(images, spots, strict=True):
-        if spot.found:  # the disc's own plateau is white: hot pixels and the focused peak do not dim it
-            background, top = spot.background, spot.background + 1.2 * spot.level
-        else:
-            background, top = np.percentile(image, (50.0, 99.9))
-        shown.append(np.clip((image - background) / max(top - background, 1e-6), 0.0, 1.0) ** 0.7)
-    colours = plt.get_cmap("turbo")(np.linspace(0.05, 0.95, n))[:, :3]
-    composite = np.zeros((height, width, 3))
-    for image, colour in zip(shown, colours, strict=True):
-        composite = np.maximum(composite, image[..., None] * colour)
-
-    fig, axes = plt.subplots(1, n + 1, figsize=(2.0 * (n + 1), 2.5), constrained_layout=True)
-    for k, ax in enumerate(axes[:n]):
-        ax.imshow(shown[k], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        ax.set_title(f"k={k}  C1={stack.c1_values[k]:.4f}", fontsize=7)
-        for spine in ax.spines.values():
-            spine.set_color(colours[k])
-            spine.set_linewidth(2.5)
-    axes[n].imshow(composite, interpolation="nearest")
-    axes[n].set_title("composite", fontsize=7)
-    for spot, truth in zip(spots, truths, strict=True):
-        tx = (truth.centre[0] + 0.5) * width - 0.5
-        ty = (truth.centre[1] + 0.5 * height / width) * width - 0.5
-        axes[n].plot(tx, ty, "o", mfc="none", mec="white", ms=5, mew=0.6)
-        if spot.found:
-            mx, my = pixel_position(spot, width, height)
-            axes[n].plot(mx, my, "+", color="white", ms=6, mew=1.0)
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_xlim(-0.5, width - 0.5)
-        ax.set_ylim(height - 0.5, -0.5)
-    fig.suptitle(f"{title}   (+ measured, o twin truth)", fontsize=9)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
-
-
 def _check(args: argparse.Namespace) -> None:
+    if not (math.isfinite(args.hours) and 0 < args.hours <= 48):
+        raise ConfigError(f"--hours must be more than 0 and at most 48, got {args.hours:g}")
+    if not (math.isfinite(args.scale) and 1 <= args.scale <= 20000):
+        raise ConfigError(f"--scale must be between 1 and 20000, got {args.scale:g}")
     if args.seed < 0:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
-    if not (math.isfinite(args.time_scale) and args.time_scale > 0):
-        raise ConfigError(f"--time-scale must be a number > 0, got {args.time_scale}")
+    if not 0 <= args.metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port must be 0 to 65535, got {args.metrics_port}")
+    if not (math.isfinite(args.start_offset) and 0 <= args.start_offset <= 300):
+        raise ConfigError(f"--start-offset must be 0 to 300 units (the safety window is 400), "
+                          f"got {args.start_offset:g}")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The twin's truth at one moment of the session (t in twin seconds from the daemon's start)."""
+
+    t: float
+    corrected: float
+    uncorrected: float
+    hand_aligned: float
+    """|m| had a person aligned the aperture by hand when the session began and then left it."""
+    aligned: tuple[float, float]
+
+
+@dataclass
+class Session:
+    """What the demo saw; everything the summary, the plot and summary.json are made of."""
+
+    hours: float
+    scale: float
+    seed: int
+    start_offset: tuple[int, int]
+    t0: float = 0.0
+    start_aperture: tuple[float, float] = (0.0, 0.0)
+    samples: list[Sample] = field(default_factory=list)
+    cycles: list[dict[str, Any]] = field(default_factory=list)
+    settle_s: float = 2.0
+    calibration: str = ""
+    metrics_url: str = ""
+    interrupted: str | None = None
+    wall_s: float = 0.0
+
+
+class Live:
+    """Progress on the terminal: a redrawn status line on a TTY (events printed above it), a line
+    per cycle otherwise (a log file or CI keeps every cycle)."""
+
+    def __init__(self, stream: Any = None) -> None:
+        self.stream = stream or sys.stdout
+        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self._drawn = False
+
+    def line(self, text: str) -> None:
+        if self._drawn:
+            self.stream.write("\r\033[K")
+            self._drawn = False
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def status(self, text: str) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text)
+            self.stream.flush()
+            self._drawn = True
+
+    def done(self) -> None:
+        if self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._drawn = False
+
+
+def _hhmm(seconds: float) -> str:
+    minutes = max(0, int(seconds // 60))
+    return f"{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+def _free_metrics_port(port: int) -> tuple[int, str | None]:
+    """The port to serve on, and a note when the one asked for is taken (0: any free port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+            return int(probe.getsockname()[1]), None
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise ConfigError(f"--metrics-port {port}: {error.strerror or error}") from error
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = int(probe.getsockname()[1])
+    return free, f"port {port} is in use (another daemon or demo?); serving the metrics on {free} instead"
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the session; 0 when it ran to the end, 130 when interrupted (after the summary)."""
     _check(args)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
@@ -177,72 +167,363 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out {args.out}: cannot create it: {error.strerror or error}") from error
     from temalign.protocol.errors import ProtocolError
 
+    offset = (round(args.start_offset * START_DIRECTION[0]), round(args.start_offset * START_DIRECTION[1]))
+    session = Session(hours=args.hours, scale=args.scale, seed=args.seed, start_offset=offset)
     started = time.monotonic()
     try:
-        _demo(args, started)
+        _session(args, session)
     except ProtocolError as error:
         raise TemalignError(f"the demo lost the twin: {error}") from error
-    print(f"demo done in {time.monotonic() - started:.1f} s (wall); pictures in {args.out}/")
-    return 0
+    finally:
+        session.wall_s = time.monotonic() - started
+    report = summarise(session)
+    print_summary(report, session)
+    (args.out / "summary.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    png = args.out / "session.png"
+    if session.samples and write_plot(png, session):
+        print(f"plot: {png}")
+    elif session.samples:
+        print("(no plot: matplotlib is not installed; pip install 'temalign[demo]')")
+    print(f"figures: {args.out / 'summary.json'}; the daemon's log: {args.out / 'daemon.log'}")
+    return 130 if session.interrupted else 0
 
 
-def _demo(args: argparse.Namespace, started: float) -> None:
+def _session(args: argparse.Namespace, session: Session) -> None:
     from temalign.clock import ScaledClock
-    from temalign.microscope import Position
-    from temalign.protocol.client import ProtocolClient
+    from temalign.config.schema import Settings
+    from temalign.estimate.calibration import calibrate
+    from temalign.estimate.classical import save_calibration
     from temalign.protocol.tcp_microscope import TcpMicroscope
     from temalign.twin.model import Twin
     from temalign.twin.service import TwinServer
     from temalign.twin.settings import TwinSettings
     from temalign.wobble.c1_memory import C1Memory
-    from temalign.wobble.report import describe_walk, fit_walk, measure_stack
     from temalign.wobble.sources import CameraSource
-    from temalign.wobble.stack import wobble
 
-    clock = ScaledClock(args.time_scale)
-    print(f"starting a digital twin (seed {args.seed}, {args.time_scale:g} twin seconds per wall second)...",
-          flush=True)
-    twin = Twin(TwinSettings(), clock, seed=args.seed)
-    with TwinServer(twin, host="127.0.0.1", port=0) as server, tempfile.TemporaryDirectory() as state:
+    live = Live()
+    clock = ScaledClock(args.scale)
+    dx, dy = session.start_offset
+    twin = Twin(TwinSettings().updated({"motor": {"start_offset": [dx, dy]}}), clock, seed=args.seed)
+    start = twin.truth()
+    session.start_aperture = (float(start["aperture"][0]), float(start["aperture"][1]))
+    scratch = Path(tempfile.mkdtemp(prefix="ta-"))
+    server = TwinServer(twin, host="127.0.0.1", port=0).start()
+    microscope = None
+    daemon = None
+    logging_to: Any = None
+    try:
         host, port = server.address[:2]
-        print(f"twin listening on {host}:{port}; connecting over TCP as the daemon would", flush=True)
+        print(f"digital twin (seed {args.seed}) on {host}:{port}, {args.scale:g}x real time: "
+              f"{args.hours:g} twin hours take about {args.hours * 3600 / args.scale:.0f} s plus computing")
+        print(f"drift of the optic axis: linear {tuple(twin.settings.drift.linear_per_hour)} units/h, random "
+              f"walk {twin.settings.drift.random_walk_per_sqrt_hour:g} units/sqrt(h), jumps (gun flash) "
+              f"{twin.settings.drift.jump_rate_per_hour:g}/h")
+        print(f"cold start: the aperture is {math.hypot(dx, dy):.0f} units off the optic axis "
+              f"(({dx:+d}, {dy:+d})); a person accepts {WITHIN_UNITS:g}")
         microscope = TcpMicroscope((host, port), client_name="temalign-demo")
-        truth_client = ProtocolClient(host, port, client_name="temalign-demo-truth")
-        try:
-            home = microscope.aperture()
-            print(f"aperture at ({home.x}, {home.y}), C1 = {microscope.c1():.4f}; "
-                  f"wobble {FRACTION:.0%}, settle {SETTLE_S:g} s (twin time)", flush=True)
-            memory = C1Memory(state)
-            for number, (label, (dx, dy)) in enumerate(STACKS, start=1):
-                target = Position(home.x + dx, home.y + dy)
-                if (dx, dy) != (0, 0):
-                    print(f"moving the aperture {label}: to ({target.x}, {target.y})...", flush=True)
-                    microscope.move_aperture(target)
-                progress = _progress_line(f"stack {number} ({label}): wobbling")
-                recorder = TruthRecorder(CameraSource(microscope, clock=clock), truth_client, progress)
-                stack = wobble(microscope, recorder, fraction=FRACTION, settle_s=SETTLE_S, clock=clock,
-                               memory=memory)
-                if sys.stdout.isatty():
-                    print("\r", end="")
-                spots = measure_stack(stack)
-                width = stack.images.shape[2]
-                m = recorder.truths[-1].misalignment
-                print(f"stack {number}: {label}; twin truth: misalignment ({m[0]:+.1f}, {m[1]:+.1f}) units, "
-                      f"|m| = {math.hypot(*m):.1f}")
-                for line in _table(stack, spots, recorder.truths):
-                    print(line)
-                print("  " + describe_walk(fit_walk(spots), width))
-                png = args.out / f"stack{number}.png"
-                if write_png(png, stack, spots, recorder.truths, f"stack {number}: {label}"):
-                    print(f"  wrote {png}")
-                else:
-                    print("  (no PNG: matplotlib is not installed; pip install 'temalign[demo]')")
-                print(f"  ({time.monotonic() - started:.1f} s)", flush=True)
-            print(f"putting the aperture back to ({home.x}, {home.y})...", flush=True)
-            microscope.move_aperture(home)
-            back = microscope.aperture()
-            print(f"aperture reads ({back.x}, {back.y}) ({math.hypot(back.x - home.x, back.y - home.y):.1f} "
-                  f"units from where it started: backlash and motor noise), C1 = {microscope.c1():.4f}")
-        finally:
-            truth_client.close()
+        state_dir = scratch / "state"
+        port_to_use, note = _free_metrics_port(args.metrics_port)
+        if note:
+            print(note)
+        settings = Settings.model_validate({
+            "microscope": {"address": f"{host}:{port}"},
+            "paths": {"state_dir": str(state_dir)},
+            "control": {"socket": str(scratch / "control.sock")},
+            "metrics": {"enabled": True, "host": "127.0.0.1", "port": port_to_use},
+            "schedule": {"mode": "live", "interval_s": INTERVAL_S, "jitter_s": JITTER_S},
+        })
+        state_dir = settings.paths.ensure_state_dir()
+        session.settle_s = settings.wobble.settle_s
+
+        print("calibrating the classical estimator (temalign calibrate: three wobbles, two known moves)...",
+              flush=True)
+        source = CameraSource(microscope, EXPOSURE_S, clock)
+        cal = calibrate(microscope, source, wobble_settings=settings.wobble,
+                        quality_settings=settings.quality, clock=clock, memory=C1Memory(state_dir),
+                        step_units=CAL_STEP_UNITS,
+                        progress=lambda text: print(f"  {text}", flush=True))
+        save_calibration(state_dir, cal)
+        session.calibration = "done"
+
+        logging_to = _log_to(args.out / "daemon.log")
+        from temalign.service.daemon import Daemon
+
+        daemon = Daemon(settings, microscope, clock=clock)
+        daemon.start()
+        session.t0 = clock.now()
+        address = daemon.metrics.address
+        session.metrics_url = f"http://{address[0]}:{address[1]}/metrics" if address else ""
+        print(f"daemon started: live, a cycle every {INTERVAL_S / 60:g} twin minutes (+-{JITTER_S:g} s); "
+              f"metrics at {session.metrics_url}")
+        _watch(session, twin, daemon, clock, live)
+    except KeyboardInterrupt:
+        live.done()
+        session.interrupted = "interrupted (Ctrl-C)"
+        print("interrupted: stopping the daemon and the twin...", flush=True)
+    finally:
+        live.done()
+        if daemon is not None:
+            daemon.stop()
+            session.cycles = _journal_cycles(daemon.settings.paths.state_dir, session.t0)
+        if microscope is not None:
             microscope.close()
+        server.close()
+        _log_off(logging_to)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _watch(session: Session, twin: Any, daemon: Any, clock: Any, live: Live) -> None:
+    """Sample the truth every SAMPLE_S twin seconds until the session ends; report each new cycle."""
+    end = session.t0 + session.hours * 3600.0
+    seen: set[float] = set()
+    counts = {"cycles": 0, "corrected": 0, "rolled_back": 0, "refused": 0}
+    ax, ay = session.start_aperture
+    next_sample = session.t0
+    origin = session.start_aperture
+    while True:
+        now = clock.now()
+        if now >= next_sample or now >= end:
+            truth = twin.truth()
+            t = float(truth["time"]) - session.t0
+            aligned = (float(truth["aligned"][0]), float(truth["aligned"][1]))
+            if not session.samples:
+                origin = aligned
+            sample = Sample(t=t, corrected=math.hypot(*truth["misalignment"]),
+                            uncorrected=math.hypot(ax - aligned[0], ay - aligned[1]),
+                            hand_aligned=math.hypot(origin[0] - aligned[0], origin[1] - aligned[1]),
+                            aligned=aligned)
+            session.samples.append(sample)
+            next_sample += SAMPLE_S
+            for cycle in reversed(daemon.last):
+                if cycle["started"] in seen:
+                    continue
+                seen.add(cycle["started"])
+                _count(counts, cycle["outcome"])
+                text = _cycle_text(cycle, session.t0, counts["cycles"])
+                if not live.tty or cycle["outcome"] != "within_deadband":
+                    live.line(text)
+            live.status(f"{_hhmm(t)}  |m| {sample.corrected:5.1f} units "
+                        f"(uncorrected {sample.uncorrected:5.1f})  "
+                        f"cycles {counts['cycles']}  corrections {counts['corrected']}  rollbacks "
+                        f"{counts['rolled_back']}  refusals {counts['refused']}  {daemon.state_name()}  "
+                        f"{session.metrics_url}")
+        if now >= end:
+            return
+        clock.sleep(min(SAMPLE_S, max(next_sample - clock.now(), 0.0)) / 3)
+
+
+def _count(counts: dict[str, int], outcome: str) -> None:
+    counts["cycles"] += 1
+    if outcome in ("corrected", "rolled_back"):
+        counts[outcome] += 1
+    elif outcome.startswith("refused"):
+        counts["refused"] += 1
+
+
+def _cycle_text(cycle: dict[str, Any], t0: float, number: int) -> str:
+    before = (cycle.get("before") or {}).get("misalignment")
+    after = (cycle.get("after") or {}).get("misalignment")
+    estimate = f"estimated {before:.1f} units" if before is not None else ""
+    if cycle["outcome"] == "corrected" and after is not None:
+        what = f"corrected: estimated {before:.1f} -> {after:.1f} units, moved {_applied(cycle)}"
+    elif cycle["outcome"] == "within_deadband":
+        what = f"left alone ({estimate}, within the deadband)"
+    elif cycle["outcome"] == "rolled_back":
+        what = f"ROLLED BACK: {cycle['detail']}"
+    else:
+        what = f"{cycle['outcome'].replace('_', ' ')}: {cycle['reason']}"
+        what += f" ({estimate})" if estimate else ""
+    return f"  {_hhmm(float(cycle['started']) - t0)}  cycle {number:3d}  {what}"
+
+
+def _applied(cycle: dict[str, Any]) -> str:
+    applied = cycle.get("applied")
+    return "?" if not applied else f"({applied[0]:+.0f}, {applied[1]:+.0f})"
+
+
+def _journal_cycles(state_dir: Path, t0: float) -> list[dict[str, Any]]:
+    """Every cycle of the session from the daemon's own journal (daemon.last keeps only the newest)."""
+    from temalign.record.journal import read_journal
+
+    try:
+        entries = read_journal(state_dir)
+    except FileNotFoundError:
+        return []
+    return [{"t": float(e["started"]) - t0, "outcome": e["outcome"], "reason": e["reason"],
+             "duration_s": e.get("duration_s"), "applied": e.get("applied"),
+             "estimate_before": (e.get("before") or {}).get("misalignment"),
+             "estimate_after": (e.get("after") or {}).get("misalignment")}
+            for e in entries if e.get("kind") == "cycle"]
+
+
+def _log_to(path: Path) -> Any:
+    """The daemon's JSON log lines go to a file: the terminal is the demo's."""
+    from temalign.record.logs import configure_logging
+
+    stream = open(path, "w", encoding="utf-8")  # noqa: SIM115
+    configure_logging("info", "json", stream=stream)
+    return stream
+
+
+def _log_off(stream: Any) -> None:
+    import logging
+
+    if stream is None:
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "stream", None) is stream:
+            root.removeHandler(handler)
+    stream.close()
+
+
+# ---- the figures ------------------------------------------------------------------------------
+
+
+def _figures(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"within_20_fraction": None, "rms_units": None, "worst_units": None}
+    return {"within_20_fraction": round(sum(v <= WITHIN_UNITS for v in values) / len(values), 4),
+            "rms_units": round(math.sqrt(sum(v * v for v in values) / len(values)), 2),
+            "worst_units": round(max(values), 2)}
+
+
+def summarise(session: Session) -> dict[str, Any]:
+    """The session in numbers (summary.json): each figure with and without the daemon."""
+    settled = [s for s in session.samples if s.t >= CONVERGE_S]
+    outcomes: dict[str, int] = {}
+    for cycle in session.cycles:
+        outcomes[cycle["outcome"]] = outcomes.get(cycle["outcome"], 0) + 1
+    wobble_s = 7 * (session.settle_s + EXPOSURE_S)
+    wobbles = sum((2 if c["outcome"] in TWO_WOBBLES else 1) for c in session.cycles
+                  if c["outcome"] in WOBBLING_OUTCOMES)
+    moved = sum(math.hypot(*c["applied"]) for c in session.cycles if c.get("applied"))
+    moves = sum(1 for c in session.cycles if c.get("applied")) + outcomes.get("rolled_back", 0)
+    motor_s = moved / 200.0 + 0.3 * moves
+    twin_s = session.samples[-1].t if session.samples else 0.0
+    busy = wobbles * wobble_s + motor_s
+    first = next((s.t for s in session.samples if s.corrected <= WITHIN_UNITS), None)
+    measured = [c["duration_s"] for c in session.cycles if c.get("duration_s")]
+    return {
+        "twin_hours": round(twin_s / 3600.0, 3), "scale": session.scale, "seed": session.seed,
+        "wall_s": round(session.wall_s, 1), "interrupted": session.interrupted,
+        "start_offset_units": list(session.start_offset), "within_units": WITHIN_UNITS,
+        "figures_after_s": CONVERGE_S,
+        "cycles": len(session.cycles), "cycles_by_outcome": dict(sorted(outcomes.items())),
+        "corrections": outcomes.get("corrected", 0), "rollbacks": outcomes.get("rolled_back", 0),
+        "first_within_20_s": first,
+        "corrected": _figures([s.corrected for s in settled]),
+        "uncorrected": _figures([s.uncorrected for s in settled]),
+        "hand_aligned_once": _figures([s.hand_aligned for s in settled]),
+        "start_misalignment_units": round(session.samples[0].corrected, 2) if session.samples else None,
+        "end_misalignment_units": round(session.samples[-1].corrected, 2) if session.samples else None,
+        "end_uncorrected_units": round(session.samples[-1].uncorrected, 2) if session.samples else None,
+        "drift_of_axis_units": _drift(session),
+        "wobbles": wobbles, "wobble_column_s": round(wobble_s, 2), "motor_s": round(motor_s, 1),
+        "column_busy_fraction": round(busy / twin_s, 4) if twin_s else None,
+        "mean_cycle_twin_s_with_compute": round(sum(measured) / len(measured), 1) if measured else None,
+        "metrics_url": session.metrics_url,
+    }
+
+
+def _drift(session: Session) -> float | None:
+    if len(session.samples) < 2:
+        return None
+    (x0, y0), (x1, y1) = session.samples[0].aligned, session.samples[-1].aligned
+    return round(math.hypot(x1 - x0, y1 - y0), 1)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f} %"
+
+
+def _units(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def print_summary(report: dict[str, Any], session: Session) -> None:
+    """The few lines a microscopist reads: time within tolerance, with the daemon and without."""
+    print()
+    head = f"session: {report['twin_hours']:.2f} twin hours in {report['wall_s']:.0f} s"
+    print(head + (f" ({session.interrupted})" if session.interrupted else ""))
+    if not session.cycles:
+        print("  the daemon ran no cycle" if session.calibration else "  stopped before the daemon started")
+        return
+    by = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in report["cycles_by_outcome"].items())
+    print(f"  cycles: {report['cycles']} ({by})")
+    print(f"  the optic axis drifted {_units(report['drift_of_axis_units'])} units over the session")
+    first = report["first_within_20_s"]
+    print(f"  cold start {_units(report['start_misalignment_units'])} units off; within {WITHIN_UNITS:g} "
+          f"units after {'-' if first is None else _hhmm(first)} (hh:mm)")
+    columns = (report["corrected"], report["uncorrected"], report["hand_aligned_once"])
+    print(f"  after the first {CONVERGE_S / 60:.0f} twin minutes:       with temalign   left alone   "
+          "aligned by hand at the start, then left")
+    print(f"    {f'time within {WITHIN_UNITS:g} units':<33}" + "".join(
+        f"{_pct(c['within_20_fraction']):>{w}}" for c, w in zip(columns, (13, 13, 13), strict=True)))
+    for label, key in (("RMS", "rms_units"), ("worst", "worst_units")):
+        print(f"    {label + ' misalignment, units':<33}" + "".join(
+            f"{_units(c[key]):>{w}}" for c, w in zip(columns, (13, 13, 13), strict=True)))
+    print(f"  beam busy for the daemon: {report['wobbles']} wobbles x {report['wobble_column_s']:g} s + "
+          f"{report['motor_s']:g} s of motor = {_pct(report['column_busy_fraction'])} of the session "
+          f"(the rest is yours)")
+
+
+def write_plot(path: Path, session: Session) -> bool:
+    """Misalignment over the session with and without the daemon, and the drift behind it; False
+    without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    hours = [s.t / 3600.0 for s in session.samples]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.8), sharex=True, constrained_layout=True,
+                                      gridspec_kw={"height_ratios": [2.2, 1]})
+    top.axhspan(0, WITHIN_UNITS, color="tab:green", alpha=0.12, lw=0,
+                label=f"within {WITHIN_UNITS:g} units (what a person accepts)")
+    top.plot(hours, [s.uncorrected for s in session.samples], color="tab:red", lw=1.6,
+             label="left alone (aperture where it started)")
+    top.plot(hours, [s.hand_aligned for s in session.samples], color="tab:red", lw=1.2, ls=":",
+             label="aligned by hand at the start, then left (drift alone)")
+    top.plot(hours, [s.corrected for s in session.samples], color="tab:blue", lw=1.6,
+             label="with temalign")
+    top.axvline(CONVERGE_S / 3600.0, color="grey", lw=0.8, ls="--")
+    top.annotate(f" figures from {CONVERGE_S / 60:.0f} min", (CONVERGE_S / 3600.0, 0.98),
+                 xycoords=("data", "axes fraction"), va="top", fontsize=7, color="grey")
+    for outcome, marker, colour, label in (("corrected", "v", "tab:blue", "correction"),
+                                           ("rolled_back", "x", "black", "rollback")):
+        times = [c["t"] / 3600.0 for c in session.cycles if c["outcome"] == outcome]
+        if times:
+            heights = [_at(session.samples, c["t"]) for c in session.cycles if c["outcome"] == outcome]
+            top.scatter(times, heights, marker=marker, color=colour, s=28, zorder=3,
+                        label=f"{label} ({len(times)})")
+    top.set_ylabel("misalignment |m| (motor units)")
+    top.set_ylim(bottom=0)
+    top.set_yscale("symlog", linthresh=40, linscale=1.5)
+    ticks = [t for t in (0, 10, 20, 30, 40, 100, 200, 300, 500) if t <= 1.3 * max(s.uncorrected for s in
+                                                                                   session.samples)]
+    top.set_yticks(ticks, [str(t) for t in ticks])
+    top.grid(alpha=0.3)
+    top.legend(loc="center right", fontsize=8)
+    title = (f"temalign on a drifting digital twin (seed {session.seed}): {hours[-1]:.1f} h, "
+             f"cold start {math.hypot(*session.start_offset):.0f} units off")
+    top.set_title(title + (f" ({session.interrupted})" if session.interrupted else ""), fontsize=11)
+    x0, y0 = session.samples[0].aligned
+    bottom.plot(hours, [s.aligned[0] - x0 for s in session.samples], color="tab:purple", lw=1.4, label="x")
+    bottom.plot(hours, [s.aligned[1] - y0 for s in session.samples], color="tab:orange", lw=1.4, label="y")
+    bottom.set_ylabel("drift of the optic axis\n(units since start)")
+    bottom.set_xlabel("twin time (hours)")
+    bottom.grid(alpha=0.3)
+    bottom.legend(loc="upper left", fontsize=8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _at(samples: list[Sample], t: float) -> float:
+    """|m| just before `t` (where the correction started from)."""
+    before = [s.corrected for s in samples if s.t <= t]
+    return before[-1] if before else samples[0].corrected
+

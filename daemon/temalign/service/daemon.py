@@ -111,6 +111,27 @@ class Daemon:
             log.warning("recovery", note=note)
         return notes
 
+    def _rebuild_ledger(self, entries: int = 5000) -> None:
+        """The last hour's moves from the journal, so a restart does not reset the rate limit."""
+        scale = float(getattr(self.clock, "scale", 1.0))
+        now_wall, now_clock = self.wall(), self.clock.now()
+        origins: dict[int, Any] = {}
+        for e in self.journal.tail(entries):
+            if e.get("kind") not in ("move", "rollback"):
+                continue
+            if e.get("phase") == "intent":
+                origins[e["seq"]] = e.get("origin")
+            elif e.get("phase") == "done" and e.get("ok") and e.get("op") in origins:
+                origin, read = origins[e["op"]], e.get("read_back")
+                try:
+                    when = datetime.fromisoformat(str(e["time"]).replace("Z", "+00:00")).timestamp()
+                    length = math.dist(origin, read)
+                except (TypeError, ValueError, KeyError):
+                    continue
+                age = now_wall - when
+                if 0 <= age < 3600.0:
+                    self.parts.ledger.add(now_clock - age * scale, length)
+
     def start(self, *, serve_control: bool = True, serve_metrics: bool = True, schedule: bool = True) -> None:
         """Recover, then start the metrics endpoint, the control socket and the scheduler."""
         s = self.settings
@@ -124,6 +145,7 @@ class Daemon:
             self.metrics.set_connection(False)
             log.warning("microscope unreachable at start", error=str(error))
         self.recover()
+        self._rebuild_ledger()
         self.metrics.set_model(self.estimator.model.identity)
         self.metrics.set_calibrated(self.estimator.calibration is not None)
         self._publish_state()
