@@ -451,7 +451,7 @@ def test_unreachable_microscope_changes_nothing(tmp_path) -> None:
     assert not (tmp_path / RECORD_NAME).exists()
 
 
-# ---- temalign wobble and temalign demo ----------------------------------------------------------
+# ---- temalign wobble --------------------------------------------------------------------------
 
 
 def write_config(tmp_path: Path, address: tuple[str, int], extra: str = "") -> Path:
@@ -515,22 +515,3 @@ def test_wobble_command_errors_are_one_clear_line(twin_server, tmp_path, capsys)
     assert err.startswith("temalign: error: the microscope at 127.0.0.1:") and "[1003]" in err
     assert "Traceback" not in err
     assert twin_server.lens_reads() == 1.2
-
-
-def test_demo_runs_and_draws(tmp_path, capsys) -> None:
-    pytest.importorskip("matplotlib", reason="the demo's pictures need matplotlib (the [demo] extra)")
-    from temalign.cli import main
-
-    started = time.monotonic()
-    assert main(["demo", "--seed", "3", "--out", str(tmp_path / "out")]) == 0
-    elapsed = time.monotonic() - started
-    out = capsys.readouterr().out
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["stack1.png", "stack2.png", "stack3.png"]
-    walks = [line.strip() for line in out.splitlines() if line.strip().startswith("walk:")]
-    assert len(walks) == 3 and walks[0].startswith("walk: concentric")
-    assert all(w.startswith("walk: NOT concentric") for w in walks[1:])
-    errors = [float(line.split(")")[2].split()[0]) for line in out.splitlines()
-              if re.match(r"  \d  ", line) and "no spot" not in line]
-    assert len(errors) == 21 and max(errors) < 1.0, "measured spots should sit on the twin's truth"
-    assert "units from where it started" in out
-    assert elapsed < 30

@@ -127,7 +127,8 @@ class Live:
 
     def status(self, text: str) -> None:
         if self.tty:
-            self.stream.write("\r\033[K" + text)
+            width = shutil.get_terminal_size((120, 24)).columns - 1
+            self.stream.write("\r\033[K" + text[:width])
             self.stream.flush()
             self._drawn = True
 
@@ -184,7 +185,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"plot: {png}")
     elif session.samples:
         print("(no plot: matplotlib is not installed; pip install 'temalign[demo]')")
-    print(f"figures: {args.out / 'summary.json'}; the daemon's log: {args.out / 'daemon.log'}")
+    log = args.out / "daemon.log"
+    print(f"figures: {args.out / 'summary.json'}" + (f"; the daemon's log: {log}" if log.exists() else ""))
     return 130 if session.interrupted else 0
 
 
@@ -219,7 +221,8 @@ def _session(args: argparse.Namespace, session: Session) -> None:
               f"walk {twin.settings.drift.random_walk_per_sqrt_hour:g} units/sqrt(h), jumps (gun flash) "
               f"{twin.settings.drift.jump_rate_per_hour:g}/h")
         print(f"cold start: the aperture is {math.hypot(dx, dy):.0f} units off the optic axis "
-              f"(({dx:+d}, {dy:+d})); a person accepts {WITHIN_UNITS:g}")
+              f"(({dx:+d}, {dy:+d})); a person accepts {WITHIN_UNITS:g} "
+              "(2 % of the 1000-unit range)")
         microscope = TcpMicroscope((host, port), client_name="temalign-demo")
         state_dir = scratch / "state"
         port_to_use, note = _free_metrics_port(args.metrics_port)
@@ -302,11 +305,11 @@ def _watch(session: Session, twin: Any, daemon: Any, clock: Any, live: Live) -> 
                 text = _cycle_text(cycle, session.t0, counts["cycles"])
                 if not live.tty or cycle["outcome"] != "within_deadband":
                     live.line(text)
-            live.status(f"{_hhmm(t)}  |m| {sample.corrected:5.1f} units "
-                        f"(uncorrected {sample.uncorrected:5.1f})  "
-                        f"cycles {counts['cycles']}  corrections {counts['corrected']}  rollbacks "
-                        f"{counts['rolled_back']}  refusals {counts['refused']}  {daemon.state_name()}  "
-                        f"{session.metrics_url}")
+            c = counts
+            live.status(f"{_hhmm(t)}  misalignment {sample.corrected:5.1f} units (left alone "
+                        f"{sample.uncorrected:5.1f})  {daemon.state_name()}  cycles {c['cycles']}: "
+                        f"{c['corrected']} corrected, {c['rolled_back']} rolled back, "
+                        f"{c['refused']} refused  {session.metrics_url}")
         if now >= end:
             return
         clock.sleep(min(SAMPLE_S, max(next_sample - clock.now(), 0.0)) / 3)
@@ -356,24 +359,29 @@ def _journal_cycles(state_dir: Path, t0: float) -> list[dict[str, Any]]:
             for e in entries if e.get("kind") == "cycle"]
 
 
-def _log_to(path: Path) -> Any:
+def _log_to(path: Path) -> tuple[Any, int]:
     """The daemon's JSON log lines go to a file: the terminal is the demo's."""
-    from temalign.record.logs import configure_logging
-
-    stream = open(path, "w", encoding="utf-8")  # noqa: SIM115
-    configure_logging("info", "json", stream=stream)
-    return stream
-
-
-def _log_off(stream: Any) -> None:
     import logging
 
-    if stream is None:
+    from temalign.record.logs import configure_logging
+
+    level = logging.getLogger().level
+    stream = open(path, "w", encoding="utf-8")  # noqa: SIM115
+    configure_logging("info", "json", stream=stream)
+    return stream, level
+
+
+def _log_off(logging_to: tuple[Any, int] | None) -> None:
+    import logging
+
+    if logging_to is None:
         return
+    stream, level = logging_to
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "stream", None) is stream:
             root.removeHandler(handler)
+    root.setLevel(level)
     stream.close()
 
 
@@ -456,13 +464,15 @@ def print_summary(report: dict[str, Any], session: Session) -> None:
     print(f"  cold start {_units(report['start_misalignment_units'])} units off; within {WITHIN_UNITS:g} "
           f"units after {'-' if first is None else _hhmm(first)} (hh:mm)")
     columns = (report["corrected"], report["uncorrected"], report["hand_aligned_once"])
-    print(f"  after the first {CONVERGE_S / 60:.0f} twin minutes:       with temalign   left alone   "
-          "aligned by hand at the start, then left")
-    print(f"    {f'time within {WITHIN_UNITS:g} units':<33}" + "".join(
-        f"{_pct(c['within_20_fraction']):>{w}}" for c, w in zip(columns, (13, 13, 13), strict=True)))
-    for label, key in (("RMS", "rms_units"), ("worst", "worst_units")):
-        print(f"    {label + ' misalignment, units':<33}" + "".join(
-            f"{_units(c[key]):>{w}}" for c, w in zip(columns, (13, 13, 13), strict=True)))
+    heads = ("with temalign", "left alone", "aligned once*")
+    caption = f"  after the first {CONVERGE_S / 60:.0f} twin minutes:"
+    print(f"{caption:<37}" + "".join(f"{h:>16}" for h in heads))
+    rows = ((f"time within {WITHIN_UNITS:g} units", "within_20_fraction", _pct),
+            ("RMS misalignment, units", "rms_units", _units),
+            ("worst misalignment, units", "worst_units", _units))
+    for label, key, show in rows:
+        print(f"    {label:<33}" + "".join(f"{show(c[key]):>16}" for c in columns))
+    print("    * aligned by hand when the session began, then left to drift")
     print(f"  beam busy for the daemon: {report['wobbles']} wobbles x {report['wobble_column_s']:g} s + "
           f"{report['motor_s']:g} s of motor = {_pct(report['column_busy_fraction'])} of the session "
           f"(the rest is yours)")

@@ -169,7 +169,7 @@ class Daemon:
         self._scheduler.add_job(self._scheduled, IntervalTrigger(seconds=sch.interval_s / scale,
                                                                  jitter=sch.jitter_s / scale or None),
                                 id="cycle", max_instances=1, coalesce=True,
-                                next_run_time=datetime.now(UTC) + timedelta(seconds=1.0))
+                                next_run_time=datetime.now(UTC) + timedelta(seconds=1.0 / scale))
         self._scheduler.start()
 
     # ---- cycles -----------------------------------------------------------------------------------

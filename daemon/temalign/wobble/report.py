@@ -1,7 +1,7 @@
 """What a person wants to read about one wobble: where the spot is in each frame, and whether the
 discs pulse on themselves (aligned) or walk along a line (misaligned).
 
-Plain functions over a `WobbleStack`, shared by `temalign wobble` and `temalign demo`."""
+Plain functions over a `WobbleStack`, used by `temalign wobble`."""
 
 from __future__ import annotations
 
