@@ -222,3 +222,19 @@ def test_a_lens_that_does_not_take_its_value_counts_toward_hold(make_twin: Any, 
     assert (first.outcome, first.reason) == ("error", "lens-did-not-take"), first
     assert run_cycle(parts).outcome == "hold"
     assert served.lens_reads() == pytest.approx(c1, rel=1e-9)
+
+
+@pytest.mark.parametrize("angle_deg", [0, 100, 215, 300])
+def test_converges_from_200_units_off_within_3_cycles(make_twin: Any, connect: Any, tmp_path: Path,
+                                                       angle_deg: float) -> None:
+    served = make_twin()
+    a = math.radians(angle_deg)
+    offset(served, round(200 * math.cos(a)), round(200 * math.sin(a)))
+    parts = make_parts(served, connect, tmp_path)
+    outcomes = []
+    for _ in range(3):
+        outcomes.append(run_cycle(parts).outcome)
+        if misalignment(served) <= 20:
+            break
+    assert misalignment(served) <= 20, (outcomes, served.truth()["misalignment"])
+    assert outcomes[0] == "corrected"

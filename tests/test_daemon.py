@@ -266,3 +266,51 @@ def test_acquisition_refuses_while_the_daemon_runs_unpaused(make_twin: Any, conn
         assert (short_dir / "set.npz").exists()
     finally:
         daemon.stop()
+
+
+def _start_run(cli: list[str], path: Path, notify_path: Path) -> tuple[subprocess.Popen, socket.socket]:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(str(notify_path))
+    listener.settimeout(30)
+    env = {**os.environ, "NOTIFY_SOCKET": str(notify_path)}
+    proc = subprocess.Popen([*cli, "run", "--config", str(path)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    return proc, listener
+
+
+def test_sigkill_mid_wobble_then_restart_puts_c1_back(make_twin: Any, short_dir: Path) -> None:
+    """A real `temalign run` killed with SIGKILL while C1 is off its value; the next start restores it."""
+    served = make_twin()
+    cfg = config(served, short_dir, wobble={"settle_s": 0.3},
+                 schedule={"interval_s": 10, "jitter_s": 0, "mode": "dry-run"})
+    path = short_dir / "temalign.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    record = short_dir / "state" / "c1-wobble.json"
+    c0 = served.lens_reads()
+    cli = [sys.executable, "-m", "temalign.cli"]
+    proc, listener = _start_run(cli, path, short_dir / "n1")
+    try:
+        assert listener.recv(4096).decode().startswith("READY=1")
+        assert _wait_for(lambda: record.exists() and served.lens_reads() != pytest.approx(c0, rel=1e-9),
+                         timeout_s=30)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        listener.close()
+    assert served.lens_reads() != pytest.approx(c0, rel=1e-9)  # killed with C1 off its value
+    entries = read_journal(short_dir / "state")  # readable after the kill
+    assert any(e["kind"] == "wobble" and e.get("phase") == "intent" for e in entries)
+    proc, listener = _start_run(cli, path, short_dir / "n2")
+    try:
+        assert listener.recv(4096).decode().startswith("READY=1")
+        assert served.lens_reads() == pytest.approx(c0, rel=1e-12)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        listener.close()
+    notes = [e["note"] for e in read_journal(short_dir / "state") if e["kind"] == "recovery"]
+    assert any("restored" in note for note in notes), notes
