@@ -3,6 +3,7 @@ restart, and a real `temalign run` process stopped by SIGTERM. All against a twi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -314,3 +315,42 @@ def test_sigkill_mid_wobble_then_restart_puts_c1_back(make_twin: Any, short_dir:
         listener.close()
     notes = [e["note"] for e in read_journal(short_dir / "state") if e["kind"] == "recovery"]
     assert any("restored" in note for note in notes), notes
+
+
+def test_a_real_prometheus_scrapes_the_daemon_and_the_dashboard_has_data(make_twin: Any, connect: Any,
+                                                                          short_dir: Path) -> None:
+    """The Debian prometheus scrapes a daemon that ran real cycles; every dashboard query answers."""
+    from test_metrics import PROMETHEUS, dashboard_expressions, query
+
+    if PROMETHEUS is None:
+        pytest.skip("prometheus absent (Debian package prometheus; .ci/run installs it)")
+    served = make_twin()
+    offset(served, 150, -60)
+    daemon = start_daemon(served, connect, short_dir, schedule={"interval_s": 3600, "jitter_s": 0,
+                                                                "mode": "live"})
+    prom_port = free_port()
+    (short_dir / "prom.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [{"job_name": "temalign", "static_configs": [
+            {"targets": [f"127.0.0.1:{daemon.settings.metrics.port}"]}]}]}))
+    prometheus = subprocess.Popen(
+        [PROMETHEUS, f"--config.file={short_dir / 'prom.yml'}", f"--storage.tsdb.path={short_dir / 'tsdb'}",
+         f"--web.listen-address=127.0.0.1:{prom_port}", "--log.level=warn"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        daemon.calibrate()
+        outcomes = [daemon.cycle().outcome for _ in range(3)]
+        assert "corrected" in outcomes, outcomes
+        pending = dashboard_expressions()
+        deadline = time.monotonic() + 40.0
+        while pending and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):  # Prometheus still starting
+                pending = [expr for expr in pending if not query(prom_port, expr)]
+            time.sleep(0.5)
+        assert not pending, f"dashboard expressions without data from the daemon: {pending}"
+        corrected = query(prom_port, 'temalign_cycles_total{outcome="corrected"}')
+        assert float(corrected[0]["value"][1]) == outcomes.count("corrected")
+    finally:
+        prometheus.send_signal(signal.SIGTERM)
+        prometheus.wait(timeout=20)
+        daemon.stop()
