@@ -64,6 +64,13 @@ class TcpMicroscope:
                                      connect_timeout_s=connect_timeout_s, token=token,
                                      client_name=client_name)
 
+    @classmethod
+    def from_settings(cls, settings: Any, client_name: str) -> TcpMicroscope:
+        """The microscope a config's `microscope` section names (address, token, deadlines)."""
+        return cls(settings.host_port, token=settings.token, call_timeout_s=settings.call_timeout_s,
+                   connect_timeout_s=settings.connect_timeout_s, acquire_timeout_s=settings.acquire_timeout_s,
+                   client_name=client_name)
+
     @property
     def address(self) -> tuple[str, int]:
         return self.client.host, self.client.port

@@ -213,9 +213,7 @@ def run(args: argparse.Namespace) -> int:
     settings: Settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)
     ms = settings.microscope
-    microscope = TcpMicroscope(ms.host_port, token=ms.token, call_timeout_s=ms.call_timeout_s,
-                               connect_timeout_s=ms.connect_timeout_s, acquire_timeout_s=ms.acquire_timeout_s,
-                               client_name="temalign-daemon")
+    microscope = TcpMicroscope.from_settings(ms, "temalign-daemon")
     daemon = Daemon(settings, microscope)
     try:
         daemon.start()
@@ -268,9 +266,7 @@ def _calibrate_directly(settings: Any, step: float) -> dict[str, Any]:
     state_dir = settings.paths.ensure_state_dir()
     ms = settings.microscope
     clock = RealClock()
-    microscope = TcpMicroscope(ms.host_port, token=ms.token, call_timeout_s=ms.call_timeout_s,
-                               connect_timeout_s=ms.connect_timeout_s, acquire_timeout_s=ms.acquire_timeout_s,
-                               client_name="temalign-calibrate")
+    microscope = TcpMicroscope.from_settings(ms, "temalign-calibrate")
     try:
         memory = C1Memory(state_dir)
         memory.recover(microscope)

@@ -95,9 +95,7 @@ def run(args: argparse.Namespace) -> int:
     ms = settings.microscope
     kind = args.source or settings.source.kind
     clock = RealClock()
-    microscope = TcpMicroscope(ms.host_port, token=ms.token, call_timeout_s=ms.call_timeout_s,
-                               connect_timeout_s=ms.connect_timeout_s, acquire_timeout_s=ms.acquire_timeout_s,
-                               client_name="temalign-wobble")
+    microscope = TcpMicroscope.from_settings(ms, "temalign-wobble")
     source = source_from_settings(settings.source, microscope, clock, kind=kind)
     try:
         memory = C1Memory(state_dir)
