@@ -76,6 +76,7 @@ def summary(settings: Any) -> list[tuple[str, str]]:
         source = (f"screen, {r.width}x{r.height} at ({r.left}, {r.top}) on {display}, "
                   f"latency {_seconds(src.screen.latency_s)}")
     state = settings.paths.state_dir
+    sf, sc = settings.safety, settings.schedule
     return [
         ("microscope", f"{m.address}, {token}; timeouts call {_seconds(m.call_timeout_s)}, "
                        f"connect {_seconds(m.connect_timeout_s)}, acquire {_seconds(m.acquire_timeout_s)}"),
@@ -84,4 +85,14 @@ def summary(settings: Any) -> list[tuple[str, str]]:
                    f"{w.restore_attempts} tries to restore C1"),
         ("state", f"{state}{'' if state.is_dir() else ' (missing: created at start)'}"),
         ("logging", f"{settings.logging.level}, {settings.logging.format}"),
+        ("model", f"{settings.estimator.model}{'' if settings.estimator.model.is_file() else ' (MISSING)'}; "
+                  f"estimators must agree within {settings.estimator.agreement_units:g} units"),
+        ("envelope", f"window ±{sf.window_units:g}, excursion {sf.max_excursion_units:g}, step "
+                     f"{sf.max_step_units:g}, deadband {sf.deadband_units:g}, gain {sf.gain:g}, "
+                     f"{sf.rate_limit_units_per_hour:g} units/h ({sf.on_limit} beyond), hold after "
+                     f"{sf.hold_after_failures} failures"),
+        ("schedule", f"every {_seconds(sc.interval_s)} (±{_seconds(sc.jitter_s)}), first start {sc.mode}"),
+        ("control", f"{settings.control.socket}; metrics "
+                    + (f"http://{settings.metrics.host}:{settings.metrics.port}/metrics"
+                       if settings.metrics.enabled else "off")),
     ]
