@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from temalign.durable import atomic_write
+from temalign.estimate.spots import Spot
 from temalign.frames import WobbleStack
 from temalign.twin import optics
 from temalign.wobble.report import measure_stack
@@ -200,9 +201,11 @@ class Walk:
     frames: int
 
 
-def fit_walk_rho(stack: WobbleStack, usable: Sequence[bool] | None = None) -> Walk | str:
+def fit_walk_rho(stack: WobbleStack, usable: Sequence[bool] | None = None,
+                 spots: Sequence[Spot] | None = None) -> Walk | str:
     """Centroids of the usable frames against rho, fitted as p0 + slope rho (+ q rho^2 with 5 or
-    more frames); a string says why there is no fit."""
+    more frames); a string says why there is no fit. `spots`: the frames' spots when already
+    measured (StackQuality.spots)."""
     images = getattr(stack, "images", None)
     if not isinstance(images, np.ndarray) or images.ndim != 3 or len(stack.c1_values) != images.shape[0]:
         return "the stack is not a (frames, height, width) array with one C1 value per frame"
@@ -213,10 +216,11 @@ def fit_walk_rho(stack: WobbleStack, usable: Sequence[bool] | None = None) -> Wa
     c0 = float(stack.c1_before)
     if not (math.isfinite(c0) and c0 > 0):
         return f"C1 before the wobble is {c0!r}, not a positive number"
-    try:
-        spots = measure_stack(stack)
-    except ValueError as error:
-        return f"the frames cannot be measured: {error}"
+    if spots is None or len(spots) != images.shape[0]:
+        try:
+            spots = measure_stack(stack)
+        except ValueError as error:
+            return f"the frames cannot be measured: {error}"
     keep = [k for k, s in enumerate(spots)
             if s.found and all(math.isfinite(v) for v in s.centre) and (usable is None or usable[k])]
     if len(keep) < MIN_FRAMES:
@@ -236,11 +240,12 @@ def fit_walk_rho(stack: WobbleStack, usable: Sequence[bool] | None = None) -> Wa
 
 
 def classical_estimate(stack: WobbleStack, calibration: Calibration,
-                       usable: Sequence[bool] | None = None) -> ClassicalEstimate:
+                       usable: Sequence[bool] | None = None,
+                       spots: Sequence[Spot] | None = None) -> ClassicalEstimate:
     """delta = -(M^-1 @ slope) from the spot's walk over the usable frames (all frames with a spot
     when `usable` is None). M is scaled by c0 / calibration.c1: the walk per unit rho grows with
     c0 / c_f, so a C1 moved a little since the calibration is still served."""
-    walk = fit_walk_rho(stack, usable)
+    walk = fit_walk_rho(stack, usable, spots)
     if isinstance(walk, str):
         return ClassicalEstimate(None, None, math.nan, 0, walk)
     residual_px = walk.residual_fov * REFERENCE_WIDTH

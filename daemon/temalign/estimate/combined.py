@@ -94,7 +94,8 @@ class CombinedEstimator:
                                "no calibration yet (temalign calibrate): measured, not moved", **times)
         t0 = time.perf_counter()
         try:
-            classical = classical_estimate(stack, self.calibration, quality.frame_usable)
+            classical = classical_estimate(stack, self.calibration, quality.frame_usable,
+                                           quality.spots or None)
         except (ValueError, TemalignError) as error:
             classical = ClassicalEstimate(None, None, math.nan, 0, str(error))
         times["classical_ms"] = (time.perf_counter() - t0) * 1e3

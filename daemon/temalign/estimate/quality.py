@@ -17,7 +17,7 @@ Malformed input (wrong shape, NaN/inf, all zero) is doubtful too, never an excep
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -40,6 +40,9 @@ class StackQuality:
     ok: bool
     reasons: tuple[str, ...]
     frame_usable: tuple[bool, ...]
+    spots: tuple[Spot, ...] = field(default=(), compare=False, repr=False)
+    """The spot measured in each frame (empty when the stack could not be measured), so the
+    classical estimator does not measure the same frames again."""
 
 
 def wide_frames(steps: int = STEPS) -> tuple[int, ...]:
@@ -132,4 +135,4 @@ def assess_stack(stack: WobbleStack, settings: QualitySettings, *,
             if fraction > settings.wide_saturated_max_fraction:
                 reasons.append(f"frame {k} saturated ({fraction:.1%} of pixels, above "
                                f"{settings.wide_saturated_max_fraction:.1%} in a wide frame)")
-    return StackQuality(not reasons, tuple(reasons), tuple(usable))
+    return StackQuality(not reasons, tuple(reasons), tuple(usable), tuple(spots))
