@@ -79,6 +79,23 @@ def test_a_blanked_frame_is_named() -> None:
     assert quality.frame_usable == (True, True, True, True, False, True, True)
 
 
+def test_a_display_may_hide_the_focused_spot_but_not_a_wide_disc() -> None:
+    """Auto-contrast can drown the focused spot (frame 3) on a display: left out, not doubtful; a
+    missing wide disc, or a missing spot in raw counts, still makes the stack doubtful."""
+    stack, _ = twin_stack((120.0, -60.0))
+    display = np.clip(stack.images / stack.images[0].max() * 255.0, 0, 255).astype(np.float32)
+    hidden = display.copy()
+    hidden[3] = np.median(display[3])  # no spot to find in the focused frame
+    quality = assess_stack(with_images(stack, hidden, kind="display"), QUALITY)
+    assert quality.ok and quality.frame_usable == (True, True, True, False, True, True, True), quality
+    wide_gone = hidden.copy()
+    wide_gone[0] = np.median(display[0])
+    assert not assess_stack(with_images(stack, wide_gone, kind="display"), QUALITY).ok
+    raw = stack.images.copy()
+    raw[3] = np.median(raw[3])
+    assert not assess_stack(with_images(stack, raw), QUALITY).ok
+
+
 def test_a_dim_frame_is_beam_absent() -> None:
     stack, _ = twin_stack((0.0, 0.0))
     images = stack.images.copy()

@@ -79,6 +79,13 @@ def _on_detector(spot: Spot, mirror: Spot | None) -> float:
     return 0.0
 
 
+MIN_USABLE_WITH_HIDDEN = 5
+"""On display frames the camera software's auto-contrast (0.5 to 99.5 %) clips the background noise
+of a focused frame to white, and the 3 px focused spot disappears among it (docs/wobble.md). Such
+a near-focus frame is left out, not taken as a lost beam, while every wide frame shows its disc
+and at least this many frames are usable: the walk and the model need no focused spot."""
+
+
 def assess_stack(stack: WobbleStack, settings: QualitySettings, *,
                  saturation_level: float | None = None) -> StackQuality:
     """Judge one wobble stack (safety.md, "Doubtful stack"). `saturation_level`: the count at which
@@ -104,8 +111,13 @@ def assess_stack(stack: WobbleStack, settings: QualitySettings, *,
                             (False,) * STEPS)
     conserved = stack.kind == "raw"
     present = []
+    hidden = []
+    wide = set(wide_frames())
     for k, (spot, total) in enumerate(zip(spots, totals, strict=True)):
-        if not spot.found:
+        if not spot.found and not conserved and k not in wide:
+            hidden.append(k)  # decided below: an auto-contrast display can hide the focused spot
+            present.append(False)
+        elif not spot.found:
             reasons.append(f"no beam in frame {k} (blanked, or the disc is wholly off the detector)")
             present.append(False)
         elif conserved and not spot.truncated and total < settings.beam_min_fraction * brightest:
@@ -118,6 +130,8 @@ def assess_stack(stack: WobbleStack, settings: QualitySettings, *,
     on = [_on_detector(spot, spots[STEPS - 1 - k]) for k, spot in enumerate(spots)]
     usable = [present[k] and math.isfinite(spots[k].centre[0]) and math.isfinite(spots[k].centre[1])
               and on[k] >= settings.disc_min_fraction for k in range(STEPS)]
+    if hidden and not (all(present[k] for k in wide) and sum(usable) >= MIN_USABLE_WITH_HIDDEN):
+        reasons += [f"no beam in frame {k} (blanked, or the disc is wholly off the detector)" for k in hidden]
     for k in wide_frames():
         if present[k] and on[k] < settings.disc_min_fraction:
             reasons.append(f"frame {k}: disc lost ({on[k]:.0%} of it on the detector, below "
