@@ -238,3 +238,14 @@ def test_converges_from_200_units_off_within_3_cycles(make_twin: Any, connect: A
             break
     assert misalignment(served) <= 20, (outcomes, served.truth()["misalignment"])
     assert outcomes[0] == "corrected"
+
+
+@pytest.mark.parametrize("use", ["model", "classical"])
+def test_one_estimator_alone_when_configured(make_twin: Any, connect: Any, tmp_path: Path, use: str) -> None:
+    served = make_twin()
+    offset(served, 100, -40)
+    parts = make_parts(served, connect, tmp_path, estimator={"use": use, "agreement_units": 0.001})
+    result = run_cycle(parts)
+    assert result.outcome == "corrected" and result.before is not None
+    assert result.before.reason == f"{use}-only"
+    assert misalignment(served) < 30

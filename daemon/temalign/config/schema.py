@@ -274,6 +274,7 @@ class EstimatorSettings(Section):
     """The two estimators and what makes their estimate trusted enough to move on."""
 
     model: PathText = Field(default_factory=_shipped_model)
+    use: Literal["both", "model", "classical"] = "both"
     threads: Annotated[int, Field(ge=1, le=16)] = 1
     agreement_units: Annotated[float, Field(gt=0.0, le=500.0)] = 15.0
     classical_max_residual_px: Annotated[float, Field(gt=0.0, le=100.0)] = 3.0

@@ -32,8 +32,9 @@ Vector = tuple[float, float]
 class Measurement:
     """What one stack says: each estimator's delta, the one used, and why it is (not) trusted.
 
-    `reason` is a stable code: "agree", "model-only" (no calibration, the config allows it),
-    "no-calibration", "doubtful-stack", "model-failed", "classical-failed", "disagree"."""
+    `reason` is a stable code: "agree", "model-only" (estimator.use: model, or no calibration and
+    the config allows it), "classical-only" (estimator.use: classical), "no-calibration",
+    "doubtful-stack", "model-failed", "classical-failed", "disagree"."""
 
     quality: StackQuality
     model_delta: Vector | None
@@ -86,7 +87,14 @@ class CombinedEstimator:
         if not _finite(model_delta):
             return Measurement(quality, model_delta, None, None, 0.0, False, "model-failed",
                                f"the model's estimate is not finite: {model_delta}", **times)
+        if self.settings.use == "model":
+            return Measurement(quality, model_delta, None, model_delta, 0.5, True, "model-only",
+                               "the model alone (estimator.use: model)", **times)
         if self.calibration is None:
+            if self.settings.use == "classical":
+                return Measurement(quality, model_delta, None, None, 0.0, False, "no-calibration",
+                                   "estimator.use: classical needs a calibration (temalign calibrate)",
+                                   **times)
             if self.settings.without_calibration == "model-only":
                 return Measurement(quality, model_delta, None, model_delta, 0.5, True, "model-only",
                                    "no calibration: the model alone (estimator.without_calibration)", **times)
@@ -107,6 +115,9 @@ class CombinedEstimator:
                                f"the spot walk is not a line: rms residual {classical.residual_px:.2f} px "
                                f"(estimator.classical_max_residual_px "
                                f"{self.settings.classical_max_residual_px})", **times)
+        if self.settings.use == "classical":
+            return Measurement(quality, model_delta, classical, classical.delta, 0.5, True, "classical-only",
+                               "the classical estimator alone (estimator.use: classical)", **times)
         gap = math.hypot(model_delta[0] - classical.delta[0], model_delta[1] - classical.delta[1])
         confidence = max(0.0, 1.0 - gap / self.settings.agreement_units)
         if gap > self.settings.agreement_units:
