@@ -6,6 +6,7 @@ with the shipped model, on the twin's clock at 1000x (a cycle takes a fraction o
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -249,3 +250,25 @@ def test_one_estimator_alone_when_configured(make_twin: Any, connect: Any, tmp_p
     assert result.outcome == "corrected" and result.before is not None
     assert result.before.reason == f"{use}-only"
     assert misalignment(served) < 30
+
+
+def test_a_column_trained_model_is_not_remapped(make_twin: Any, connect: Any, tmp_path: Path) -> None:
+    """A card with "geometry": "column" speaks the column's own frame: the calibration re-maps only
+    the classical estimate, so under a mirrored calibration the two disagree and nothing moves
+    (a twin-trained model is re-mapped too and they agree: test_a_wrong_calibration_...)."""
+    served = make_twin()
+    offset(served, 80, 0)
+    model = tmp_path / "column.tflite"
+    model.write_bytes(SHIPPED.read_bytes())
+    card = json.loads(SHIPPED.with_suffix(".json").read_text())
+    model.with_suffix(".json").write_text(json.dumps({**card, "geometry": "column"}))
+    parts = make_parts(served, connect, tmp_path)
+    nominal = nominal_calibration()
+    flipped = tuple(tuple(-v for v in row) for row in nominal.matrix)
+    parts.estimator = CombinedEstimator(ModelEstimator(model), dataclasses.replace(nominal, matrix=flipped),
+                                        parts.settings.estimator, parts.settings.quality)
+    assert not parts.estimator.remaps
+    before = served.truth()["aperture"]
+    result = run_cycle(parts)
+    assert (result.outcome, result.reason) == ("refused_low_confidence", "disagree"), result
+    assert served.truth()["aperture"] == before

@@ -146,6 +146,13 @@ def provenance(ds: Dataset, files: Sequence[str]) -> dict[str, Any]:
             "camera": list(ds.stacks.shape[2:]), "wobble_fractions": wobbles, "sources": sources}
 
 
+def geometry_of(ds: Dataset) -> str:
+    """"twin" when every sample came from the twin (its geometry is twin.md's: the daemon re-maps
+    such a model's output through a column's calibration), else "column" (the model learnt that
+    column's own rotation and magnification: no re-mapping)."""
+    return "twin" if ds.sources and all(s.get("twin_seed") is not None for s in ds.sources) else "column"
+
+
 def _c0_over_cf(ds: Dataset) -> float:
     """The wobble centre (c0 / c_f) of the data: from the metadata if it says, else from the
     twin settings recorded there, else from the C1 values and c_f, else 1.0 (centred)."""
@@ -405,6 +412,7 @@ def partial_card(cfg: TrainConfig, data: Prepared, summary: dict[str, Any]) -> d
         "input_shape": summary["input_shape"],
         "wobble_fraction": float(np.median(wobbles)) if wobbles else 0.03,
         "c0_over_cf": _c0_over_cf(data.dataset),
+        "geometry": geometry_of(data.dataset),
         "frames": prov["frames"],
         "label": cfg.label,
         "training": {"datasets": [prov], "test_files": list(cfg.test),

@@ -65,6 +65,8 @@ def validate_card(card: Any) -> list[str]:
         c = card["c0_over_cf"]
         if not (_number(c) and 0.5 < c < 2.0):
             problems.append(f"c0_over_cf: expected a number near 1.0, got {c!r}")
+    if "geometry" in card and card["geometry"] not in ("twin", "column"):
+        problems.append(f"geometry: expected 'twin' or 'column', got {card['geometry']!r}")
     if "frames" in card and card["frames"] not in FRAMES:
         problems.append(f"frames: expected one of {', '.join(map(repr, FRAMES))}, got {card['frames']!r}")
     for key in ("training", "metrics"):

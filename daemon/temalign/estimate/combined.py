@@ -69,6 +69,9 @@ class CombinedEstimator:
         self.quality_settings = quality
         card = model.card
         self.basis = nominal_calibration(float(card["c0_over_cf"]), float(card["wobble_fraction"]))
+        self.remaps = card.get("geometry", "twin") == "twin"
+        """A twin-trained model speaks the twin's geometry and is re-mapped through the column's
+        calibration; a model trained on a column's own data already speaks that column's."""
 
     def measure(self, stack: WobbleStack) -> Measurement:
         """Estimate delta from one stack; never raises for a bad stack (it is a reason instead)."""
@@ -82,7 +85,7 @@ class CombinedEstimator:
             return Measurement(quality, None, None, None, 0.0, False, "model-failed", str(error))
         model_delta: Vector | None = estimate.delta
         times = {"preprocess_ms": estimate.preprocess_ms, "inference_ms": estimate.inference_ms}
-        if self.calibration is not None and _finite(model_delta):
+        if self.remaps and self.calibration is not None and _finite(model_delta):
             model_delta = remap(model_delta, self.basis, self.calibration)
         if not _finite(model_delta):
             return Measurement(quality, model_delta, None, None, 0.0, False, "model-failed",
