@@ -185,13 +185,15 @@ def test_the_runtime_module_does_not_import_tensorflow() -> None:
 # ---- physics: the wobble_physics model's input (docs/model-design.md) ----------------------------
 
 def _reference_physics(stack: np.ndarray, side: int) -> np.ndarray:
-    """The design note's original preprocessing (own_models.preprocess_stack as it was measured):
-    an independent oracle for `physics` (explicit area-weight matrices, median-padded rows)."""
+    """The design note's original preprocessing (own_models.preprocess_stack as it was measured),
+    with the hot-pixel cap at the third-brightest neighbour: an independent oracle for `physics`
+    (a full sort of the neighbours, explicit area-weight matrices, median-padded rows)."""
     s = np.asarray(stack, dtype=np.float32)
     p = np.pad(s, ((0, 0), (1, 1), (1, 1)), mode="edge")
     h, w = s.shape[1:]
-    nmax = np.max([p[:, i:i + h, j:j + w] for i in range(3) for j in range(3) if (i, j) != (1, 1)], axis=0)
-    s = np.minimum(s, nmax)
+    third = np.sort([p[:, i:i + h, j:j + w] for i in range(3) for j in range(3) if (i, j) != (1, 1)],
+                    axis=0)[-3]  # the third-brightest neighbour
+    s = np.minimum(s, third)
     if h < w:
         out = np.broadcast_to(np.median(s.reshape(7, -1), axis=1)[:, None, None], (7, w, w)).copy()
         out[:, (w - h) // 2:(w - h) // 2 + h] = s
@@ -221,6 +223,17 @@ def test_physics_matches_the_measured_reference(height: int, width: int) -> None
     raw[:, 5, 7] = 60000  # a hot pixel
     for side in (128, 64):
         assert np.abs(physics(raw, side) - _reference_physics(raw, side)).max() < 1e-5
+
+
+@pytest.mark.parametrize("cluster", [[(40, 40)], [(40, 40), (40, 41)], [(40, 40), (40, 41), (41, 41)],
+                                     [(40, 40), (41, 40), (42, 40)]])
+def test_physics_removes_hot_pixels_and_small_clusters(cluster: list[tuple[int, int]]) -> None:
+    """Up to three adjacent hot pixels vanish (two adjacent ones once became a dim frame's "disc")."""
+    clean, _ = render((90, -60))
+    hot = clean.copy()
+    for r, c in cluster:
+        hot[:, r, c] = 65535
+    assert np.abs(physics(hot, 128) - physics(clean, 128)).max() < 0.05
 
 
 def test_physics_128_shape_dtype_invariance_and_no_clip() -> None:

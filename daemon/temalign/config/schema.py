@@ -301,12 +301,12 @@ class SafetySettings(Section):
     window_units: Annotated[float, Field(gt=0.0, le=5000.0)] = 400.0
     max_excursion_units: Annotated[float, Field(gt=0.0, le=5000.0)] = 350.0
     max_step_units: Annotated[float, Field(gt=0.0, le=1000.0)] = 250.0
-    deadband_units: Annotated[float, Field(ge=0.0, le=100.0)] = 5.0
-    gain: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    deadband_units: Annotated[float, Field(ge=0.0, le=100.0)] = 8.0
+    gain: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     rate_limit_units_per_hour: Annotated[float, Field(gt=0.0, le=100000.0)] = 1000.0
     on_limit: Literal["scale", "refuse"] = "scale"
     rollback_margin_units: Annotated[float, Field(ge=0.0, le=100.0)] = 5.0
-    motor_tolerance_units: Annotated[float, Field(ge=0.0, le=100.0)] = 3.0
+    motor_tolerance_units: Annotated[float, Field(ge=0.0, le=100.0)] = 5.0
     hold_after_failures: Annotated[int, Field(ge=1, le=100)] = 3
     on_aperture_moved: Literal["pause", "new-reference"] = "pause"
     c1_tolerance: Annotated[float, Field(gt=0.0, le=0.1)] = 1e-4
@@ -329,17 +329,30 @@ class SafetySettings(Section):
 
 
 class ScheduleSettings(Section):
-    """When cycles run, and in which mode the daemon starts the first time."""
+    """When cycles run (the policy is service.schedule), and in which mode the daemon starts the first
+    time."""
 
-    interval_s: Annotated[float, Field(ge=10.0, le=86400.0)] = 300.0
+    interval_s: Annotated[float, Field(ge=10.0, le=86400.0)] = 600.0
     jitter_s: Annotated[float, Field(ge=0.0, le=3600.0)] = 10.0
     mode: Literal["live", "dry-run"] = "dry-run"
+    adaptive: bool = True
+    min_interval_s: Annotated[float, Field(ge=10.0, le=86400.0)] = 60.0
+    max_interval_s: Annotated[float, Field(ge=10.0, le=86400.0)] = 800.0
+    target_units: Annotated[float, Field(gt=0.0, le=500.0)] = 10.0
+    recheck_units: Annotated[float, Field(gt=0.0, le=1000.0)] = 15.0
 
     @model_validator(mode="after")
     def _jitter_below_interval(self) -> ScheduleSettings:
         if self.jitter_s >= self.interval_s / 2:
             raise key_error("jitter_s", f"{self.jitter_s} s is not below half of "
                             f"schedule.interval_s ({self.interval_s} s)")
+        if self.adaptive:
+            if self.min_interval_s > self.max_interval_s:
+                raise key_error("min_interval_s", f"{self.min_interval_s} s is above "
+                                f"schedule.max_interval_s ({self.max_interval_s} s)")
+            if self.jitter_s >= self.min_interval_s / 2:
+                raise key_error("jitter_s", f"{self.jitter_s} s is not below half of "
+                                f"schedule.min_interval_s ({self.min_interval_s} s)")
         return self
 
 

@@ -211,27 +211,38 @@ def standard_256(stack: np.ndarray) -> np.ndarray:
     return standard(stack, 256)
 
 
-def _clamp_hot(frames: np.ndarray) -> np.ndarray:
-    """Each pixel capped at the brightest of its 8 neighbours, at the camera's own sampling: an
-    isolated hot pixel vanishes before resampling can smear it into a cluster."""
+HOT_RANK = 3
+"""A pixel is capped at the HOT_RANK-th brightest of its 8 neighbours: a hot pixel, or a cluster of
+up to three (each with at most two hot neighbours), vanishes, while a disc's edge pixel (three or
+more bright neighbours) keeps its level. The brightest alone (rank 1) left two adjacent hot pixels
+standing, and such a pair, twenty times the plateau, became the "disc" of a dim wide frame."""
+
+
+def _clamp_hot(frames: np.ndarray, rank: int = HOT_RANK) -> np.ndarray:
+    """Each pixel capped at the `rank`-th brightest of its 8 neighbours, at the camera's own
+    sampling, before resampling can smear hot pixels into a larger cluster."""
     p = np.pad(frames, ((0, 0), (1, 1), (1, 1)), mode="edge")
     h, w = frames.shape[1:]
-    nmax = None
+    top = [np.full_like(frames, -np.inf) for _ in range(rank)]  # the rank largest, descending
     for di in (0, 1, 2):
         for dj in (0, 1, 2):
             if di == 1 and dj == 1:
                 continue
             v = p[:, di:di + h, dj:dj + w]
-            nmax = v if nmax is None else np.maximum(nmax, v)
-    return np.minimum(frames, nmax)
+            for k in range(rank):
+                bigger = np.maximum(top[k], v)
+                v = np.minimum(top[k], v)
+                top[k] = bigger
+    return np.minimum(frames, top[rank - 1])
 
 
 def physics(stack: np.ndarray, side: int) -> np.ndarray:
     """`stack` (7, H, W), any numeric dtype, as the input `(1, side, side, 7)` float32 of the
-    `wobble_physics` model (tools/trainkit/own_models.py, docs/model-design.md): hot pixels capped
-    at the camera's own sampling, the frame placed in a square and area-averaged like `standard`
-    (padded rows hold the frame's median), each frame's background (its 20th percentile) subtracted
-    and the frame divided by its 99.9th percentile above that. No clipping: the model finds the
+    `wobble_physics` model (tools/trainkit/own_models.py, docs/model-design.md): hot pixels and
+    small clusters of them capped at the camera's own sampling (HOT_RANK), the frame placed in a
+    square and area-averaged like `standard` (padded rows hold the frame's median), each frame's
+    background (its 20th percentile) subtracted and the frame divided by its 99.9th percentile
+    above that. No clipping: the model finds the
     disc's plateau itself, and a clip (as in `standard`, at 2x a level it estimates) can merge a
     halo into the disc."""
     _check_side(side)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import signal
 import threading
 import time
@@ -35,6 +36,7 @@ from temalign.record.state import StateStore, is_paused
 from temalign.service import notify
 from temalign.service.control import ControlServer
 from temalign.service.cycle import CycleResult, Parts, run_cycle
+from temalign.service.schedule import PlanState, observe, plan_next
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.errors import C1RestoreFailed
 from temalign.wobble.sources import ImageSource, source_from_settings
@@ -74,6 +76,7 @@ class Daemon:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._scheduler: Any = None
+        self._plan_state = PlanState()
         self._control: ControlServer | None = None
         self.last: list[dict[str, Any]] = []
         self.started = False
@@ -160,6 +163,9 @@ class Daemon:
         notify.ready(self.status_line())
 
     def _start_scheduler(self) -> None:
+        """One cycle job: first run a second after start; each cycle then moves the job's next run to
+        the policy's wait (service.schedule). The job's own interval (`interval_s`) is only the
+        fallback, should a cycle end without planning (and after a reload, until the next cycle)."""
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.triggers.interval import IntervalTrigger
 
@@ -172,11 +178,29 @@ class Daemon:
                                 next_run_time=datetime.now(UTC) + timedelta(seconds=1.0 / scale))
         self._scheduler.start()
 
+    def _plan_at(self, delay_s: float) -> None:
+        """Move the cycle job's next run to `delay_s` clock seconds from now, plus the jitter."""
+        from apscheduler.jobstores.base import JobLookupError
+
+        if self._scheduler is None or self._stop.is_set():
+            return
+        scale = float(getattr(self.clock, "scale", 1.0))
+        jitter = random.uniform(0.0, self.settings.schedule.jitter_s)
+        when = datetime.now(UTC) + timedelta(seconds=(delay_s + jitter) / scale)
+        with contextlib.suppress(JobLookupError):
+            self._scheduler.modify_job("cycle", next_run_time=when)
+
     # ---- cycles -----------------------------------------------------------------------------------
 
     def _scheduled(self) -> None:
-        if not self._stop.is_set():
-            self.cycle()
+        """A scheduled cycle, then the policy's wait until the next."""
+        if self._stop.is_set():
+            return
+        result = self.cycle()
+        plan = plan_next(self._plan_state, observe(result), self.settings.schedule)
+        self._plan_state = plan.state
+        log.debug("next cycle", delay_s=round(plan.delay_s, 1), why=plan.reason)
+        self._plan_at(plan.delay_s)
 
     def cycle(self, *, forced: bool = False) -> CycleResult:
         """One cycle under the lock (a scheduled one and `once` never overlap), then the record."""
