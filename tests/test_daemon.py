@@ -354,3 +354,27 @@ def test_a_real_prometheus_scrapes_the_daemon_and_the_dashboard_has_data(make_tw
         prometheus.send_signal(signal.SIGTERM)
         prometheus.wait(timeout=20)
         daemon.stop()
+
+
+def test_a_move_finished_before_a_kill_is_not_taken_for_a_person(make_twin: Any, connect: Any,
+                                                                 short_dir: Path) -> None:
+    """Killed after a move's read-back but before its cycle ended: last_position is stale; the
+    restart takes the journal's completed move, so the next cycle does not pause."""
+    served = make_twin()
+    state_dir = short_dir / "state"
+    state_dir.mkdir()
+    start = tuple(int(v) for v in served.truth()["aperture"])
+    target = (start[0] + 30, start[1] - 20)
+    from temalign.record.state import StateStore
+
+    StateStore(state_dir).update(last_position=start, last_c1=served.lens_reads())
+    with Journal(state_dir) as journal:
+        op = journal.intent("move", origin=start, target=target)
+        served.twin.move_aperture(*target)
+        journal.outcome(op, "move", ok=True, read_back=tuple(int(v) for v in served.truth()["aperture"]))
+    daemon = start_daemon(served, connect, short_dir)
+    try:
+        assert daemon.store.load("dry-run").last_position == tuple(int(v) for v in served.truth()["aperture"])
+        assert daemon.cycle().reason != "aperture-moved"
+    finally:
+        daemon.stop()

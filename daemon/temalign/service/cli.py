@@ -216,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
     microscope = TcpMicroscope.from_settings(ms, "temalign-daemon")
     daemon = Daemon(settings, microscope)
     try:
+        daemon.install_signal_handlers()
         daemon.start()
         return daemon.run_forever(reload=lambda: _settings(args))
     finally:

@@ -317,6 +317,8 @@ class _Cycle:
             return self.result("hold" if held else "error", "rollback-failed",
                                f"{why}; rollback failed: {error}")
         self.fields["position_after"] = read
+        if motor_fault(origin, read, self.s.safety):
+            why += f"; the rollback to {origin} ended at {read}"
         held = self.fail("rollback", why)
         return self.result("hold" if held else "rolled_back", "rolled-back", f"{why}; moved back to {read}")
 
@@ -349,7 +351,8 @@ class _Cycle:
 
 
 def run_cycle(parts: Parts, *, forced: bool = False) -> CycleResult:
-    """One cycle; `forced` (temalign once) runs even when paused or in hold (then never moving)."""
+    """One cycle; `forced` (temalign once) runs even when paused (moving if the mode is live) or in
+    hold (measuring only: a hold never moves)."""
     cycle = _Cycle(parts, forced)
     result = cycle.run()
     parts.journal.append("cycle", **result.to_json())

@@ -77,6 +77,7 @@ class Daemon:
         self._stop = threading.Event()
         self._scheduler: Any = None
         self._plan_state = PlanState()
+        self._hup: threading.Event | None = None
         self._control: ControlServer | None = None
         self.last: list[dict[str, Any]] = []
         self.started = False
@@ -109,6 +110,9 @@ class Daemon:
                     self.store.update(last_position=position)
             elif entry.get("kind") == "wobble":
                 self.journal.outcome(entry["op"], "wobble", ok=False, recovered=True)
+        note = self._settle_last_position()
+        if note:
+            notes.append(note)
         for note in notes:
             self.journal.append("recovery", note=note)
             log.warning("recovery", note=note)
@@ -134,6 +138,27 @@ class Daemon:
                 age = now_wall - when
                 if 0 <= age < 3600.0:
                     self.parts.ledger.add(now_clock - age * scale, length)
+
+    def _settle_last_position(self) -> str | None:
+        """A process killed after a move but before its cycle ended left `last_position` at the old
+        place: take the journal's last completed move when the aperture is still there, so the next
+        cycle does not take the daemon's own move for a person's."""
+        last = None
+        for e in self.journal.tail(500):
+            if e.get("kind") in ("move", "rollback") and e.get("phase") == "done" and e.get("ok"):
+                last = e
+        if last is None or not isinstance(last.get("read_back"), list | tuple):
+            return None
+        moved = (int(last["read_back"][0]), int(last["read_back"][1]))
+        state = self.store.load(self.settings.schedule.mode)
+        where = self._read_position()
+        if state.last_position == moved or where is None:
+            return None
+        if math.dist(where, moved) > self.settings.safety.motor_tolerance_units:
+            return None  # moved since: the hands-on check will see it
+        self.store.update(last_position=moved)
+        return (f"the last move (to {moved}) finished before the daemon stopped but its cycle did not; "
+                "the aperture is still there: taken as where the daemon left it")
 
     def start(self, *, serve_control: bool = True, serve_metrics: bool = True, schedule: bool = True) -> None:
         """Recover, then start the metrics endpoint, the control socket and the scheduler."""
@@ -413,13 +438,21 @@ class Daemon:
         self.journal.append("reload", notes=notes)
         return notes
 
+    def install_signal_handlers(self) -> threading.Event:
+        """SIGTERM/SIGINT stop, SIGHUP reloads. Call before `start()`: systemd may send SIGTERM as
+        soon as READY is out, and the default action would kill a cycle mid-wobble."""
+        if self._hup is None:
+            self._hup = threading.Event()
+            hup = self._hup
+            signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+            signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+            signal.signal(signal.SIGHUP, lambda *_: hup.set())
+        return self._hup
+
     def run_forever(self, reload: Callable[[], Settings] | None = None) -> int:
         """Until SIGTERM or SIGINT: watchdog pings, SIGHUP reloads (`reload()` reads and validates the
         file: a bad file keeps the running config); then a clean stop. Returns the exit status."""
-        hup = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
-        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-        signal.signal(signal.SIGHUP, lambda *_: hup.set())
+        hup = self.install_signal_handlers()
         ping = notify.watchdog_interval_s()
         while not self._stop.wait(min(ping / 2, 1.0) if ping else 1.0):
             if ping:

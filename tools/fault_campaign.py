@@ -1,0 +1,120 @@
+"""The fault campaign (issue 5, item 4): randomised, seeded fault scenarios against the twin, each
+checked against every invariant of safety.md, plus a real `temalign run` killed with SIGKILL at
+random moments and restarted. Writes a JSON result; exits 1 on any violation.
+
+    python tools/fault_campaign.py --seed 0 --scenarios 1000 --kills 20 --out runs/faults.json
+    python tools/fault_campaign.py --replay 17   # one scenario again, by its seed, with its plan"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchkit.faults import (
+    INVARIANTS,
+    kill_campaign,
+    load_model,
+    plan_scenario,
+    run_scenario,
+    scenario_seed,
+)
+
+PROGRESS_EVERY = 50
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts per fault kind (scenarios, cycle outcomes, final outcomes, violations)."""
+    per_kind: dict[str, dict[str, Any]] = defaultdict(lambda: {"scenarios": 0, "outcomes": Counter(),
+                                                               "violations": 0})
+    outcomes: Counter[str] = Counter()
+    for r in results:
+        for kind in r["kinds"]:
+            row = per_kind[kind]
+            row["scenarios"] += 1
+            row["outcomes"].update(o.split("/")[0] for o in r["outcomes"])
+            row["violations"] += len(r["violations"])
+        outcomes.update(r["outcomes"])
+    return {"per_kind": {k: {**v, "outcomes": dict(sorted(v["outcomes"].items()))}
+                         for k, v in sorted(per_kind.items())},
+            "outcomes": dict(outcomes.most_common())}
+
+
+def run_campaign(seed: int, scenarios: int, kills: int, progress: bool = True) -> dict[str, Any]:
+    """The whole campaign as one JSON-able result."""
+    def say(line: str) -> None:
+        if progress:
+            print(line, flush=True)
+
+    model = load_model()
+    t0 = time.perf_counter()
+    results = []
+    for i in range(scenarios):
+        results.append(run_scenario(plan_scenario(scenario_seed(seed, i)), model))
+        if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == scenarios:
+            bad = sum(len(r["violations"]) for r in results)
+            say(f"{i + 1}/{scenarios} scenarios, {bad} violations, {time.perf_counter() - t0:.1f} s")
+    scenario_s = time.perf_counter() - t0
+    killed = kill_campaign(seed, kills, progress=say) if kills else None
+    violations = [v for r in results for v in r["violations"]] + (killed["violations"] if killed else [])
+    findings = [f for r in results for f in r["findings"]]
+    per_s = [r["seconds"] for r in results]
+    return {
+        "tool": "tools/fault_campaign.py", "seed": seed,
+        "command": f"python tools/fault_campaign.py --seed {seed} --scenarios {scenarios} --kills {kills}",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(),
+                    "cpus": os.cpu_count()},
+        "scenarios": scenarios, "invariants_per_scenario": INVARIANTS,
+        "cycles_checked": sum(r["checks"] for r in results),
+        "scenario_seconds": {"total": round(scenario_s, 1),
+                             "median": round(sorted(per_s)[len(per_s) // 2], 3) if per_s else None,
+                             "max": max(per_s, default=None)},
+        **summarise(results),
+        "final_cycle": dict(Counter(r["final"].split("/")[0] for r in results).most_common()),
+        "findings": {"counts": dict(Counter(f["kind"] for f in findings)), "examples": findings[:20]},
+        "kill_campaign": killed,
+        "violations": violations,
+        "ok": not violations,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="campaign seed (scenario i has seed SEED*1e6+i)")
+    parser.add_argument("--scenarios", type=int, default=1000,
+                        help="randomised fault scenarios (default 1000)")
+    parser.add_argument("--kills", type=int, default=20,
+                        help="SIGKILLs of a real `temalign run` (default 20)")
+    parser.add_argument("--out", type=Path, help="write the JSON result here (default: stdout)")
+    parser.add_argument("--replay", type=int, metavar="SEED", help="run one scenario by its seed, print it")
+    args = parser.parse_args(argv)
+    if args.replay is not None:
+        plan = plan_scenario(args.replay)
+        result = run_scenario(plan, load_model())
+        print(json.dumps({"plan": plan, "result": result}, indent=1, default=str))
+        return 1 if result["violations"] else 0
+    result = run_campaign(args.seed, args.scenarios, args.kills)
+    text = json.dumps(result, indent=1, default=str)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+        print(f"wrote {args.out}: {len(result['violations'])} violations")
+    else:
+        print(text)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
