@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint datasets model bench-model study clean
+.PHONY: demo test lint datasets model bench-model study bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,16 @@ bench-model: datasets | $(VENV)/.dev-installed
 
 study: datasets | $(VENV)/.dev-installed
 	$(BIN)/python tools/study.py --out runs/study
+
+# Issue 5's proof, each a script with a seed and a JSON result in bench-out/ (docs/benchmarks.md,
+# docs/reliability.md): the 12-hour sessions, the cold starts, latency and footprint, the fault
+# campaign with real SIGKILLs. About 20 minutes on 2 cores.
+bench: | $(VENV)/.dev-installed
+	mkdir -p bench-out
+	$(BIN)/python tools/bench_session.py --seeds 10 --out bench-out
+	$(BIN)/python tools/bench_coldstart.py --out bench-out
+	$(BIN)/python tools/bench_footprint.py --out bench-out/footprint.json
+	$(BIN)/python tools/fault_campaign.py --seed 0 --scenarios 1000 --kills 24 --out bench-out/faults.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -501,3 +501,16 @@ def test_systemd_analyze_security_rates_the_unit_ok(unit_copy: Path) -> None:
     match = re.search(r"Overall exposure level for temalign\.service: (\d+\.\d+)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) <= 2.0, result.stdout
+
+
+def test_notify_never_blocks_on_a_stalled_systemd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A notify socket nobody reads fills up (10 datagrams on Linux): later messages are dropped,
+    never waited for, so a stalled systemd cannot freeze a cycle."""
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+        listener.bind(str(path))
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        started = time.monotonic()
+        sent = [notify.status(f"cycle {i}") for i in range(40)]
+        assert time.monotonic() - started < 5.0
+        assert sent[0] is True and sent[-1] is False

@@ -211,6 +211,8 @@ def fit_walk_rho(stack: WobbleStack, usable: Sequence[bool] | None = None,
         return "the stack is not a (frames, height, width) array with one C1 value per frame"
     if usable is not None and len(usable) != images.shape[0]:
         return f"{len(usable)} usable flags for {images.shape[0]} frames"
+    if images.dtype.kind not in "biuf":
+        return f"the frames hold {images.dtype} values, not real numbers"
     if not np.isfinite(images).all():
         return "the stack holds NaN or infinite pixel values"
     c0 = float(stack.c1_before)
