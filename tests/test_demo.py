@@ -37,7 +37,7 @@ def test_demo_keeps_the_drifting_twin_aligned(tmp_path: Path, capsys: pytest.Cap
     summary = json.loads((tmp_path / "summary.json").read_text())
 
     assert summary["interrupted"] is None and summary["twin_hours"] == pytest.approx(1.0, abs=0.02)
-    assert summary["cycles"] >= 6, summary["cycles_by_outcome"]
+    assert summary["cycles"] >= 3, summary["cycles_by_outcome"]  # the policy waits longer once aligned
     assert summary["corrections"] >= 1, "the daemon never moved the aperture"
     assert summary["start_misalignment_units"] > 150
     corrected, uncorrected = summary["corrected"], summary["uncorrected"]

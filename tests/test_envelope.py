@@ -24,7 +24,11 @@ from temalign.decide.envelope import (
 )
 from temalign.microscope import Limits
 
-BASE = SafetySettings()
+BASE = SafetySettings(window_units=400.0, max_excursion_units=350.0, max_step_units=250.0, deadband_units=5.0,
+                      gain=0.8, rate_limit_units_per_hour=1000.0, on_limit="scale", rollback_margin_units=5.0,
+                      motor_tolerance_units=3.0, hold_after_failures=3)
+"""The numbers the hand-worked examples below were worked out with (pinned: the shipped defaults
+may move with tuning, docs/benchmarks.md)."""
 
 
 def safety(**changes: object) -> SafetySettings:
