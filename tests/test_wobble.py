@@ -114,6 +114,42 @@ def test_wobble_steps_c1_waits_and_restores(twin_server, microscope, tmp_path) -
     assert describe_walk(fit_walk(measure_stack(stack)), 256).startswith("walk: concentric")
 
 
+def test_chosen_steps_only_and_no_settle_where_c1_did_not_change(twin_server, microscope, tmp_path) -> None:
+    """The two-frame check of service.cycle: C1 as it is (no change, no settle), then the upper end
+    (one settle); C1 comes back as after a full wobble."""
+    c0 = microscope.c1()
+    seen = []
+    sleeps: list[float] = []
+
+    class CountingClock:
+        def __getattr__(self, name: str):
+            return getattr(twin_server.clock, name)
+
+        def sleep(self, seconds: float) -> None:
+            sleeps.append(seconds)
+            twin_server.clock.sleep(seconds)
+
+    source = Hooked(CameraSource(microscope, clock=twin_server.clock),
+                    lambda k: seen.append(twin_server.truth()))
+    stack = wobble(microscope, source, fraction=FRACTION, settle_s=SETTLE_S, clock=CountingClock(),
+                   memory=C1Memory(tmp_path / "state"), steps=(3, 6))
+
+    assert stack.images.shape == (2, 256, 256)
+    assert stack.c1_values == pytest.approx([c0, c1_series(c0, FRACTION)[6]], rel=1e-12)
+    assert sleeps == [SETTLE_S], "one settle expected: C1 changed once"
+    assert all(truth["lens_settled"] for truth in seen)
+    assert_c1_back(twin_server, c0)
+    assert not (tmp_path / "state" / RECORD_NAME).exists()
+
+
+@pytest.mark.parametrize("steps", [(3,), (3, 3), (3, 7), (-1, 3), (True, 3), (3.0, 6)])
+def test_bad_steps_are_refused_before_anything_moves(twin_server, microscope, tmp_path, steps) -> None:
+    c0 = microscope.c1()
+    with pytest.raises(ValueError, match="steps"):
+        run(twin_server, microscope, tmp_path, steps=steps)
+    assert twin_server.truth()["c1_setpoint"] == c0 and twin_server.truth()["c1"] == c0
+
+
 def test_misaligned_stack_walks_as_the_geometry_says(twin_server, microscope, tmp_path) -> None:
     home = microscope.aperture()
     microscope.move_aperture(type(home)(home.x + 150, home.y))
@@ -173,6 +209,23 @@ def test_c1_restored_after_deadline(make_twin, connect, tmp_path, step, method) 
         run(served, microscope, tmp_path, source=Hooked(CameraSource(microscope, clock=served.clock), hook))
     assert time.monotonic() - started < 5.0
     assert_c1_back(served, c0)
+
+
+@pytest.mark.parametrize("step", [0, 2, 6])
+def test_a_late_lens_set_after_a_deadline_does_not_leave_c1_off(make_twin, connect, tmp_path, step) -> None:
+    """The server carries out a lens.set after the client's deadline (and after the restore): the
+    wobble waits the microscope's late_write_grace_s and puts C1 back again. Found by the fault
+    campaign (seed 757)."""
+    served = make_twin()
+    microscope = connect(served, call_timeout_s=0.3)
+    assert microscope.late_write_grace_s == 0.3
+    c0 = microscope.c1()
+    hook = inject_before(served, "lens.set", step, "slow", seconds=0.45 * served.clock.scale)
+    with pytest.raises(DeadlineExceeded):
+        run(served, microscope, tmp_path, source=Hooked(CameraSource(microscope, clock=served.clock), hook))
+    time.sleep(0.5)  # long after the late command landed
+    assert_c1_back(served, c0)
+    assert not (tmp_path / "state" / RECORD_NAME).exists()
 
 
 @pytest.mark.parametrize("step", STEPS)

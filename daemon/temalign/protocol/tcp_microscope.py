@@ -76,6 +76,12 @@ class TcpMicroscope:
         return self.client.host, self.client.port
 
     @property
+    def late_write_grace_s(self) -> float:
+        """Wall seconds a command that got no reply may still take effect afterwards: protocol.md
+        bounds no server's delay, so a server that let one deadline pass gets one more."""
+        return self.client.call_timeout_s
+
+    @property
     def hello(self) -> messages.HelloResult:
         """The current connection's hello reply (connecting first if there is none yet)."""
         hello = self.client.hello_result

@@ -5,17 +5,22 @@ safety.md: C1 is recorded durably before the first change, and it is put back (a
 whatever ends the wobble: an error reply, a lost connection, a deadline, a failing image source,
 a lens that did not take its value, a saturated frame, KeyboardInterrupt. The original error is
 re-raised after the restore; when the restore itself fails, `C1RestoreFailed` says so and the
-record stays for the next start."""
+record stays for the next start. After a deadline the lens.set that got no reply may still be
+carried out late, after the restore: C1 is put back once more after the microscope's
+`late_write_grace_s` (the fault campaign found this; docs/reliability.md)."""
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Sequence
 
 import numpy as np
 
 from temalign.clock import Clock
 from temalign.frames import Frame, WobbleStack
 from temalign.microscope import Microscope
+from temalign.protocol.errors import DeadlineExceeded
 from temalign.wobble.c1_memory import DEFAULT_TOLERANCE, C1Memory, same_c1
 from temalign.wobble.errors import (
     C1RestoreFailed,
@@ -62,6 +67,16 @@ def _check_args(fraction: float, settle_s: float, restore_attempts: int,
         raise ValueError(f"saturation_abort_fraction must be in (0, 1], got {saturation_abort_fraction}")
 
 
+def _check_steps(steps: Sequence[int] | None) -> tuple[int, ...]:
+    if steps is None:
+        return tuple(range(STEPS))
+    picked = tuple(steps)
+    if (len(picked) < 2 or len(set(picked)) != len(picked)
+            or not all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < STEPS for k in picked)):
+        raise ValueError(f"steps must be two or more distinct indices 0..{STEPS - 1}, got {steps!r}")
+    return picked
+
+
 def _check_limits(microscope: Microscope, values: tuple[float, ...], c0: float) -> None:
     lo, hi = microscope.limits.c1
     outside = [v for v in values if not lo <= v <= hi]
@@ -73,16 +88,21 @@ def _check_limits(microscope: Microscope, values: tuple[float, ...], c0: float) 
 def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, settle_s: float,
            clock: Clock, memory: C1Memory, restore_attempts: int = 5,
            saturation_abort_fraction: float = DEFAULT_SATURATION_ABORT_FRACTION,
-           saturation_level: float | None = None, tolerance: float = DEFAULT_TOLERANCE) -> WobbleStack:
+           saturation_level: float | None = None, tolerance: float = DEFAULT_TOLERANCE,
+           steps: Sequence[int] | None = None) -> WobbleStack:
     """One wobble around the present C1 value; returns the 7 frames and what was done.
 
-    After each `set_c1` the value is read back (a lens that did not take it is a LensDidNotTake),
-    then `settle_s` passes on `clock` and the source delivers a frame. `saturation_level` is the
-    count at which a pixel is saturated; None means 65535 for raw frames and no check for display
-    frames (a white display pixel says nothing about the camera). C1 is put back in any case."""
+    `steps` picks frames of the series by index, in that order (the check of service.cycle takes
+    (3, 6): the present value, then one end). After each `set_c1` the value is read back (a lens
+    that did not take it is a LensDidNotTake), then `settle_s` passes on `clock` and the source
+    delivers a frame; a step at the value C1 already holds is neither set nor settled.
+    `saturation_level` is the count at which a pixel is saturated; None means 65535 for raw frames
+    and no check for display frames (a white display pixel says nothing about the camera). C1 is
+    put back in any case."""
     _check_args(fraction, settle_s, restore_attempts, saturation_abort_fraction)
+    picked = _check_steps(steps)
     c0 = microscope.c1()
-    values = c1_series(c0, fraction)
+    values = tuple(c1_series(c0, fraction)[k] for k in picked)
     _check_limits(microscope, values, c0)
     level = saturation_level
     if level is None and source.kind == "raw":
@@ -94,14 +114,19 @@ def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, sett
     saturation: list[float] = []
     failure: BaseException | None = None
     try:
+        previous = c0
         for k, value in enumerate(values):
-            microscope.set_c1(value)
+            changed = value != previous
+            if changed:
+                microscope.set_c1(value)
             readback = microscope.c1()
             readbacks.append(readback)
             if not same_c1(readback, value, tolerance):
                 raise LensDidNotTake(f"frame {k}: C1 was set to {value:.6g} but reads {readback:.6g}: "
                                      "the lens did not take its value")
-            clock.sleep(settle_s)
+            if changed:
+                clock.sleep(settle_s)
+            previous = value
             frame = source.grab()
             _check_frame(frame, frames, k)
             sat = saturated_fraction(frame, level)
@@ -117,6 +142,14 @@ def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, sett
 
     problem, interrupt = restore_c1(microscope, c0, attempts=restore_attempts, clock=clock,
                                     tolerance=tolerance)
+    grace = late_write_grace_s(microscope)
+    if problem is None and isinstance(failure, DeadlineExceeded) and grace > 0:
+        # A lens.set without its reply may still be carried out after the restore: wait for it
+        # (wall time, as the deadline is), then put C1 back again.
+        time.sleep(grace)
+        problem, late = restore_c1(microscope, c0, attempts=restore_attempts, clock=clock,
+                                   tolerance=tolerance)
+        interrupt = interrupt or late
     if problem is not None:
         what = f"the wobble failed ({_describe(failure)}) and " if failure is not None else ""
         raise C1RestoreFailed(
@@ -140,6 +173,12 @@ def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, sett
         kind=source.kind,
         meta={"settle_s": settle_s, "c1_readback": tuple(readbacks), "saturated_fraction": tuple(saturation)},
     )
+
+
+def late_write_grace_s(microscope: Microscope) -> float:
+    """How long after a call without a reply its command may still land (TcpMicroscope's
+    deadline); 0 for a microscope in this process, whose calls end when they return."""
+    return float(getattr(microscope, "late_write_grace_s", 0.0))
 
 
 def _check_frame(frame: Frame, earlier: list[Frame], k: int) -> None:
