@@ -35,8 +35,10 @@ def test_combined_daemon_meets_the_session_targets(sessions: dict, seed: int) ->
     assert r["disturbed_fraction"] <= 0.03, (r["wobbles"], r["disturbed_s"])
     assert r["rollbacks"] == 0 and not r["refusals"]
     assert r["corrections"] >= 1
-    # the policy, not a fixed interval: a 3 h session at the old 300 s would be ~36 cycles
-    assert r["cycles"] <= 24
+    # the policy, not a fixed interval: a 3 h session at the old 300 s would be ~36 full wobbles;
+    # between corrections the column is watched by two-frame checks instead
+    assert r["wobbles"] <= 2 * r["corrections"] + 4
+    assert r["outcomes"].get("checked", 0) >= r["cycles"] // 2
 
 
 @pytest.mark.parametrize("seed", SEEDS)

@@ -81,6 +81,86 @@ def test_aligned_aperture_is_left_alone(make_twin: Any, connect: Any, tmp_path: 
     assert served.truth()["aperture"] == before
 
 
+def wobble_labels(tmp_path: Path) -> list[str]:
+    return [e["label"] for e in read_journal(tmp_path / "state")
+            if e["kind"] == "wobble" and e["phase"] == "intent"]
+
+
+@pytest.mark.parametrize("dx, dy", [(0, 0), (4, -3), (-5, 2)])
+def test_a_check_on_an_aligned_column_stops_at_two_frames(make_twin: Any, connect: Any, tmp_path: Path,
+                                                          dx: int, dy: int) -> None:
+    served = make_twin()
+    offset(served, dx, dy)
+    parts = make_parts(served, connect, tmp_path)
+    before, c1_before = served.truth()["aperture"], served.lens_reads()
+    mx, my = served.truth()["misalignment"]
+    result = run_cycle(parts, look="check")
+    assert result.outcome == "checked", result
+    assert result.before is None and result.check is not None and result.check.frames_used == 2
+    assert result.check.delta == pytest.approx((-mx, -my), abs=1.5)  # delta = a* - a
+    assert served.truth()["aperture"] == before
+    assert served.lens_reads() == pytest.approx(c1_before, rel=1e-9)
+    assert wobble_labels(tmp_path) == ["check"]
+    cycle = [e for e in read_journal(tmp_path / "state") if e["kind"] == "cycle"][-1]
+    assert cycle["check"]["frames"] == 2 and cycle["outcome"] == "checked"
+
+
+def test_a_check_that_sees_a_misalignment_runs_the_full_cycle(make_twin: Any, connect: Any,
+                                                              tmp_path: Path) -> None:
+    served = make_twin()
+    offset(served, 30, -25)
+    parts = make_parts(served, connect, tmp_path)
+    result = run_cycle(parts, look="check")
+    assert result.outcome == "corrected", result
+    assert result.check is not None and math.hypot(*result.check.delta) > parts.settings.safety.deadband_units
+    assert misalignment(served) < parts.settings.safety.deadband_units
+    assert wobble_labels(tmp_path) == ["check", "before", "verify"]
+
+
+def test_a_check_that_cannot_tell_leaves_it_to_the_full_wobble(make_twin: Any, connect: Any,
+                                                               tmp_path: Path) -> None:
+    served = make_twin()
+    parts = make_parts(served, connect, tmp_path)
+    served.fault("blank")
+    before = served.truth()["aperture"]
+    result = run_cycle(parts, look="check")
+    assert result.check is not None and result.check.delta is None and result.check.reason
+    assert result.outcome == "refused_doubtful_stack", result
+    assert served.truth()["aperture"] == before
+    assert wobble_labels(tmp_path) == ["check", "before"]
+
+
+def test_without_calibration_there_is_no_check(make_twin: Any, connect: Any, tmp_path: Path) -> None:
+    served = make_twin()
+    parts = make_parts(served, connect, tmp_path, calibrated=False)
+    result = run_cycle(parts, look="check")
+    assert (result.outcome, result.reason, result.check) == ("dry_run", "no-calibration", None)
+    assert wobble_labels(tmp_path) == ["before"]
+
+
+def test_the_model_alone_never_checks(make_twin: Any, connect: Any, tmp_path: Path) -> None:
+    """The check is the classical estimator's; `estimator.use: model` says not to trust that."""
+    parts = make_parts(make_twin(), connect, tmp_path, estimator={"use": "model"})
+    result = run_cycle(parts, look="check")
+    assert result.outcome == "within_deadband" and result.check is None
+    assert wobble_labels(tmp_path) == ["before"]
+
+
+def test_dry_run_reports_the_full_measurement_even_when_asked_to_check(make_twin: Any, connect: Any,
+                                                                       tmp_path: Path) -> None:
+    served = make_twin()
+    parts = make_parts(served, connect, tmp_path, mode="dry-run")
+    result = run_cycle(parts, look="check")
+    assert result.outcome == "dry_run" and result.check is None and result.before is not None
+    assert wobble_labels(tmp_path) == ["before"]
+
+
+def test_an_unknown_look_is_refused(make_twin: Any, connect: Any, tmp_path: Path) -> None:
+    parts = make_parts(make_twin(), connect, tmp_path)
+    with pytest.raises(ValueError, match="look"):
+        run_cycle(parts, look="glance")
+
+
 def test_dry_run_measures_and_never_moves(make_twin: Any, connect: Any, tmp_path: Path) -> None:
     served = make_twin()
     offset(served, -150, 60)

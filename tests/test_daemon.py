@@ -98,6 +98,40 @@ def test_a_session_through_the_control_verbs(make_twin: Any, connect: Any, short
     assert all(e["uid"] == os.getuid() for e in audit)
 
 
+def test_scheduled_cycles_watch_with_checks_and_report_them(make_twin: Any, connect: Any,
+                                                            short_dir: Path) -> None:
+    """After an aligned cycle the next scheduled look is the two-frame check; status, metrics and
+    the journal show it; a drift past the deadband turns the check into a correction."""
+    from temalign.estimate.classical import nominal_calibration, save_calibration
+    from temalign.service.cli import describe_cycle
+
+    served = make_twin()
+    (short_dir / "state").mkdir()
+    save_calibration(short_dir / "state", nominal_calibration())
+    daemon = start_daemon(served, connect, short_dir, schedule={"mode": "live", "jitter_s": 0})
+    sock = daemon.settings.control.socket
+    try:
+        daemon._scheduled()
+        assert daemon.last[0]["outcome"] == "within_deadband" and daemon._next_look == "check"
+        daemon._scheduled()
+        status = request(sock, "status")
+        assert status["last_cycles"][0]["outcome"] == "checked"
+        assert status["misalignment"]["reason"] == "two-frame check"
+        assert status["misalignment"]["misalignment"] < 8
+        assert describe_cycle(status["last_cycles"][0]).startswith("checked: two-frame check")
+        served.twin.inject("jump", units=[30.0, 25.0])  # the optic axis moves, as drift would
+        daemon._scheduled()
+        assert daemon.last[0]["outcome"] == "corrected" and daemon.last[0]["check"]["misalignment"] > 8
+        metrics = urllib.request.urlopen(
+            f"http://127.0.0.1:{daemon.settings.metrics.port}/metrics", timeout=5).read().decode()
+        assert 'temalign_cycles_total{outcome="checked"} 1.0' in metrics
+    finally:
+        daemon.stop()
+    labels = [e["label"] for e in read_journal(short_dir / "state")
+              if e["kind"] == "wobble" and e["phase"] == "intent"]
+    assert labels == ["before", "check", "check", "before", "verify"]
+
+
 def test_pause_dry_run_hold_and_reference_survive_a_restart(make_twin: Any, connect: Any,
                                                             short_dir: Path) -> None:
     served = make_twin()

@@ -11,7 +11,10 @@ from pydantic import ValidationError
 from temalign.config.schema import ScheduleSettings
 from temalign.service.schedule import MIN_RATE_SPAN_S, Observation, PlanState, observe, plan_next
 
-S = ScheduleSettings(interval_s=600, min_interval_s=60, max_interval_s=800, target_units=10, recheck_units=15)
+S = ScheduleSettings(interval_s=600, min_interval_s=60, max_interval_s=800, target_units=10, recheck_units=15,
+                     check_interval_s=0)
+"""The full-wobble policy alone (no two-frame checks): the waits below are worked by hand from it."""
+SC = S.model_copy(update={"check_interval_s": 300.0})
 
 
 def obs(t: float, aligned: tuple[float, float] | None, before: float | None, outcome: str = "within_deadband",
@@ -118,7 +121,54 @@ def test_observe_reads_a_cycle_result() -> None:
     assert observe(nothing).before is None
 
 
+@pytest.mark.parametrize("outcome", ["within_deadband", "corrected", "checked"])
+def test_after_an_aligned_column_the_next_look_is_a_check_within_check_interval(outcome: str) -> None:
+    state = PlanState(t=0.0, aligned=(0.0, 0.0), rate=0.0001)  # slow drift: the full policy waits 800 s
+    plan = plan_next(state, obs(800.0, (0.1, 0.0), 2.0, outcome=outcome, residual=2.0), SC)
+    assert plan.look == "check"
+    assert plan.delay_s == SC.check_interval_s
+    assert plan_next(state, obs(800.0, (0.1, 0.0), 2.0, outcome=outcome, residual=2.0), S).look == "full"
+
+
+def test_a_daemon_that_cannot_check_keeps_the_full_policy() -> None:
+    """No calibration, or `estimator.use: model`: the cap stays max_interval_s (a full wobble every
+    check_interval_s would wobble too much)."""
+    state = PlanState(t=0.0, aligned=(0.0, 0.0), rate=0.0001)
+    o = obs(800.0, (0.1, 0.0), 2.0, outcome="within_deadband", residual=2.0)
+    assert plan_next(state, o, SC, can_check=False) == plan_next(state, o, S)
+
+
+def test_a_shorter_wait_than_check_interval_is_kept() -> None:
+    state = PlanState(t=0.0, aligned=(0.0, 0.0), rate=0.001)
+    plan = plan_next(state, obs(800.0, (60.0, 0.0), 60.0, outcome="corrected", residual=3.0), SC)
+    assert (plan.delay_s, plan.look) == (SC.min_interval_s, "check")
+
+
+@pytest.mark.parametrize("outcome", ["rolled_back", "dry_run", "refused_limit", "refused_low_confidence",
+                                     "refused_doubtful_stack", "error", "skipped", "hold"])
+def test_after_anything_else_the_next_look_is_a_full_wobble(outcome: str) -> None:
+    state = PlanState(t=0.0, aligned=(0.0, 0.0), rate=0.001)
+    plan = plan_next(state, obs(800.0, (30.0, 0.0), 30.0, outcome=outcome), SC)
+    assert plan.look == "full"
+    assert plan.delay_s == plan_next(state, obs(800.0, (30.0, 0.0), 30.0, outcome=outcome), S).delay_s
+
+
+def test_fixed_interval_never_checks() -> None:
+    fixed = ScheduleSettings(interval_s=300, adaptive=False)
+    plan = plan_next(PlanState(), obs(0.0, (0.0, 0.0), 1.0, outcome="checked"), fixed)
+    assert (plan.delay_s, plan.look) == (300, "full")
+
+
+def test_observe_reads_a_check() -> None:
+    check = SimpleNamespace(delta=(3.0, -4.0))
+    result = SimpleNamespace(started=5.0, outcome="checked", position_before=(10, 20), before=None,
+                             after=None, check=check)
+    assert observe(result) == Observation(5.0, "checked", (13.0, 16.0), 5.0, 5.0)
+
+
 @pytest.mark.parametrize("raw, key", [
+    ({"check_interval_s": 30}, "check_interval_s"),
+    ({"check_interval_s": 900}, "check_interval_s"),
     ({"min_interval_s": 900, "max_interval_s": 600}, "min_interval_s"),
     ({"min_interval_s": 20, "jitter_s": 10}, "jitter_s"),
     ({"interval_s": 10, "jitter_s": 5}, "jitter_s"),
@@ -144,7 +194,10 @@ def test_the_daemon_replans_its_cycle_job_after_each_cycle() -> None:
     result = SimpleNamespace(started=0.0, outcome="corrected", position_before=(0, 0), before=before,
                              after=after)
     fake = SimpleNamespace(settings=settings, clock=ScaledClock(1.0), _stop=threading.Event(),
-                           _plan_state=PlanState(), _scheduler=None, cycle=lambda: result)
+                           _plan_state=PlanState(), _next_look="full", _scheduler=None,
+                           cycle=lambda look: result,
+                           parts=SimpleNamespace(estimator=SimpleNamespace(calibration="measured"),
+                                                 settings=SimpleNamespace(estimator=SimpleNamespace(use="both"))))
     fake._plan_at = lambda delay: Daemon._plan_at(fake, delay)  # type: ignore[arg-type]
     fake._scheduled = lambda: Daemon._scheduled(fake)  # type: ignore[arg-type]
     Daemon._start_scheduler(fake)  # type: ignore[arg-type]
@@ -153,5 +206,6 @@ def test_the_daemon_replans_its_cycle_job_after_each_cycle() -> None:
         wait = (fake._scheduler.get_job("cycle").next_run_time - datetime.now(UTC)).total_seconds()
         assert 55.0 < wait <= 60.0  # a correction from 40 units: look again after min_interval_s
         assert fake._plan_state.aligned == (40.0, 0.0)
+        assert fake._next_look == "check"  # the column was left aligned: the two-frame check next
     finally:
         fake._scheduler.shutdown(wait=False)

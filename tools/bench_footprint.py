@@ -60,6 +60,9 @@ from temalign.twin.settings import TwinSettings
 
 TARGETS = {"own_ms_per_cycle": 100.0, "rss_mb": 200.0, "idle_cpu_percent": 1.0, "startup_s": 2.0}
 INTERVAL_S = 300.0
+ROTATION_MARGIN = 16 << 10
+CHECK_INTERVAL_S = 60.0
+"""Short, so that most of these cycles find the column still aligned and stop at the check."""
 SHIPPED_KERAS = REPO / "runs" / "shipped" / "best.keras"
 PROTOCOL_CALLS = ("acquire", "set_c1", "c1", "aperture", "move_aperture")
 
@@ -120,9 +123,12 @@ def _ms(values: list[float]) -> dict[str, float]:
 
 def bench_cycles(seed: int, cycles: int, warmup: int = 3) -> tuple[dict[str, Any], list[np.ndarray]]:
     """`run_cycle` on the simulated column, live with the nominal calibration, one cycle per
-    INTERVAL_S of twin time (the default drift gives corrections, so some cycles wobble twice)."""
+    INTERVAL_S of twin time (the default drift gives corrections, so some cycles wobble twice);
+    then `cycles // 2` cycles that start with the two-frame check, CHECK_INTERVAL_S apart (those
+    that stop at the check are timed)."""
     stacks: list[np.ndarray] = []
     rows: list[dict[str, Any]] = []
+    checks: list[float] = []
     with sim_column(seed) as column:
         timer = StepTimer()
         timer.wrap_server(column.server._server)
@@ -164,6 +170,15 @@ def bench_cycles(seed: int, cycles: int, warmup: int = 3) -> tuple[dict[str, Any
                 if k >= warmup:
                     rows.append({"outcome": result.outcome, "wobbles": wobbles, "wall": wall,
                                  "server": server, "own": wall - server, **steps})
+            for _ in range(cycles // 2):
+                column.clock.advance(CHECK_INTERVAL_S)
+                server0 = timer.server_s
+                t0 = time.perf_counter()
+                result = run_cycle(parts, look="check")
+                wall = time.perf_counter() - t0
+                if result.outcome == "checked":
+                    checks.append(wall - (timer.server_s - server0))
+                timer.reset()
         finally:
             parts.estimator.measure = measure  # type: ignore[method-assign]
     steps = ("capture", "protocol_other", "quality", "preprocess", "inference", "classical", "decision",
@@ -183,6 +198,8 @@ def bench_cycles(seed: int, cycles: int, warmup: int = 3) -> tuple[dict[str, Any
         "per_cycle_ms": per_cycle,
         "one_wobble_cycles_own_ms": _ms([r["own"] for r in one]) if one else None,
         "two_wobble_cycles_own_ms": _ms([r["own"] for r in two]) if two else None,
+        "check_cycles": len(checks),
+        "check_cycles_own_ms": _ms(checks) if checks else None,
         "per_wobble_own_ms_median": round(float(np.median([r["own"] / max(1, r["wobbles"]) for r in rows
                                                            if r["wobbles"]])) * 1e3, 3),
     }, stacks
@@ -308,13 +325,15 @@ def _daemon(cli: list[str], config: Path, notify_path: Path) -> Iterator[tuple[s
 
 def fill_journal(state_dir: Path, mb: float) -> int:
     """Grow the active journal to `mb` MiB with copies of the run's last cycle (its wobble, decision and
-    cycle entries), as weeks of cycles leave it before it rotates; returns its size in bytes."""
+    cycle entries), as weeks of cycles leave it before it rotates; returns its size in bytes. It
+    stops ROTATION_MARGIN short of the rotation size: one more cycle would start a new file."""
     journal = Journal(state_dir)
     try:
         tail = journal.tail(50)
         cycle = next(e for e in reversed(tail) if e["kind"] == "cycle")
         fields = {k: v for k, v in cycle.items() if k not in ("seq", "time", "t", "kind")}
-        while journal._size < mb * 2**20:
+        limit = min(mb * 2**20, journal.max_bytes) - ROTATION_MARGIN
+        while journal._size < limit:
             op = journal.intent("wobble", label="before", fraction=0.03)
             journal.outcome(op, "wobble", ok=True, c1=fields.get("c1"), trusted=True, reason="agree",
                             delta=[-2.8, -2.0], model=[-2.8, -2.0], classical=[-2.2, -1.5])
@@ -412,6 +431,9 @@ def _table(result: dict[str, Any]) -> str:
                      "decision", "journal", "state_file", "c1_record", "other"):
             lines.append(f"{'  ' + step + ' (median ms)':44} {pc[step]['median']:>12.2f}")
         lines.append(f"{'  twin server (excluded), median ms':44} {pc['server']['median']:>12.2f}")
+        if c.get("check_cycles_own_ms"):
+            lines.append(f"{'own time per checked cycle (two frames), ms':44} "
+                         f"{c['check_cycles_own_ms']['median']:>12.2f}")
     m = result.get("models")
     if m:
         for name in ("wobble_physics", "paper_cnn"):

@@ -33,7 +33,7 @@ from benchkit.session import STRATEGIES, parse_set, run_session
 TARGETS = {"within_20_fraction": 0.98, "rms_units": 8.0, "disturbed_fraction": 0.03, "violations": 0}
 """Issue 5's targets for the combined daemon."""
 WORST = {"within_20_fraction": min, "rms_units": max, "worst_units": max, "disturbed_fraction": max,
-         "wobbles": max, "corrections": max, "rollbacks": max, "cycles": max}
+         "wobbles": max, "checks": max, "corrections": max, "rollbacks": max, "cycles": max}
 
 
 def _one(args: tuple[int, str, float, dict[str, Any], bool]) -> dict[str, Any]:
@@ -157,15 +157,16 @@ def main(argv: list[str] | None = None) -> int:
         result["combined_meets"] = verdict(summary["combined"])
     (args.out / "session.json").write_text(json.dumps(result, indent=1))
     print(f"\n{'strategy':10s} {'within20 med/worst':>20s} {'RMS med/worst':>15s} {'worst|m|':>9s} "
-          f"{'disturbed med/worst':>20s} {'wobbles':>8s} {'corr':>5s} viol")
+          f"{'disturbed med/worst':>20s} {'wobbles':>8s} {'checks':>7s} {'corr':>5s} viol")
     for s, row in summary.items():
         w, r, d = row["within_20_fraction"], row["rms_units"], row["disturbed_fraction"]
         wob = row.get("wobbles", {"median": 0})["median"]
+        checks = row.get("checks", {"median": 0})["median"]
         corr = row.get("corrections", {"median": 0})["median"]
         print(f"{s:10s} {100 * w['median']:9.2f} / {100 * w['worst']:6.2f} "
               f"{r['median']:7.2f} / {r['worst']:5.2f} {row['worst_units']['worst']:9.1f} "
               f"{100 * d['median']:9.2f} / {100 * d['worst']:6.2f}"
-              f" {wob:8.0f} {corr:5.0f} {row['violations']}")
+              f" {wob:8.0f} {checks:7.0f} {corr:5.0f} {row['violations']}")
     if "combined_meets" in result:
         print("combined against the targets:", result["combined_meets"])
     print(f"{len(records)} sessions in {elapsed:.0f} s; wrote {args.out / 'session.json'}")

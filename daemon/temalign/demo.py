@@ -31,13 +31,14 @@ CONVERGE_S = 900.0
 """Figures leave out the first 15 twin minutes: the cold start is the daemon's to fix, not drift."""
 SAMPLE_S = 30.0
 START_DIRECTION = (-0.6, 0.8)
-INTERVAL_S = 300.0
 JITTER_S = 10.0
 EXPOSURE_S = 0.1
 CAL_STEP_UNITS = 60.0
 WOBBLING_OUTCOMES = frozenset({"corrected", "rolled_back", "within_deadband", "refused_low_confidence",
                                "refused_doubtful_stack", "refused_limit", "dry_run", "hold"})
 TWO_WOBBLES = frozenset({"corrected", "rolled_back"})
+QUIET_OUTCOMES = frozenset({"within_deadband", "checked"})
+"""Cycles that left the column as it was: on a terminal they show in the status line only."""
 
 
 def register(subparsers: Any) -> None:
@@ -233,7 +234,7 @@ def _session(args: argparse.Namespace, session: Session) -> None:
             "paths": {"state_dir": str(state_dir)},
             "control": {"socket": str(scratch / "control.sock")},
             "metrics": {"enabled": True, "host": "127.0.0.1", "port": port_to_use},
-            "schedule": {"mode": "live", "interval_s": INTERVAL_S, "jitter_s": JITTER_S},
+            "schedule": {"mode": "live", "jitter_s": JITTER_S},
         })
         state_dir = settings.paths.ensure_state_dir()
         session.settle_s = settings.wobble.settle_s
@@ -256,8 +257,9 @@ def _session(args: argparse.Namespace, session: Session) -> None:
         session.t0 = clock.now()
         address = daemon.metrics.address
         session.metrics_url = f"http://{address[0]}:{address[1]}/metrics" if address else ""
-        print(f"daemon started: live, a cycle every {INTERVAL_S / 60:g} twin minutes (+-{JITTER_S:g} s); "
-              f"metrics at {session.metrics_url}")
+        schedule = settings.schedule
+        print(f"daemon started: live; a two-frame check at least every {schedule.check_interval_s / 60:g} "
+              f"twin minutes, the full wobble when it sees a misalignment; metrics at {session.metrics_url}")
         _watch(session, twin, daemon, clock, live)
     except KeyboardInterrupt:
         live.done()
@@ -303,7 +305,7 @@ def _watch(session: Session, twin: Any, daemon: Any, clock: Any, live: Live) -> 
                 seen.add(cycle["started"])
                 _count(counts, cycle["outcome"])
                 text = _cycle_text(cycle, session.t0, counts["cycles"])
-                if not live.tty or cycle["outcome"] != "within_deadband":
+                if not live.tty or cycle["outcome"] not in QUIET_OUTCOMES:
                     live.line(text)
             c = counts
             live.status(f"{_hhmm(t)}  misalignment {sample.corrected:5.1f} units (left alone "
@@ -331,6 +333,8 @@ def _cycle_text(cycle: dict[str, Any], t0: float, number: int) -> str:
         what = f"corrected: estimated {before:.1f} -> {after:.1f} units, moved {_applied(cycle)}"
     elif cycle["outcome"] == "within_deadband":
         what = f"left alone ({estimate}, within the deadband)"
+    elif cycle["outcome"] == "checked":
+        what = f"checked: about {(cycle.get('check') or {}).get('misalignment')} units, left alone"
     elif cycle["outcome"] == "rolled_back":
         what = f"ROLLED BACK: {cycle['detail']}"
     else:
@@ -403,13 +407,15 @@ def summarise(session: Session) -> dict[str, Any]:
     for cycle in session.cycles:
         outcomes[cycle["outcome"]] = outcomes.get(cycle["outcome"], 0) + 1
     wobble_s = 7 * (session.settle_s + EXPOSURE_S)
+    check_s = session.settle_s + 2 * EXPOSURE_S
     wobbles = sum((2 if c["outcome"] in TWO_WOBBLES else 1) for c in session.cycles
                   if c["outcome"] in WOBBLING_OUTCOMES)
+    checks = sum(1 for c in session.cycles if c.get("check") is not None)
     moved = sum(math.hypot(*c["applied"]) for c in session.cycles if c.get("applied"))
     moves = sum(1 for c in session.cycles if c.get("applied")) + outcomes.get("rolled_back", 0)
     motor_s = moved / 200.0 + 0.3 * moves
     twin_s = session.samples[-1].t if session.samples else 0.0
-    busy = wobbles * wobble_s + motor_s
+    busy = wobbles * wobble_s + checks * check_s + motor_s
     first = next((s.t for s in session.samples if s.corrected <= WITHIN_UNITS), None)
     measured = [c["duration_s"] for c in session.cycles if c.get("duration_s")]
     return {
@@ -427,7 +433,8 @@ def summarise(session: Session) -> dict[str, Any]:
         "end_misalignment_units": round(session.samples[-1].corrected, 2) if session.samples else None,
         "end_uncorrected_units": round(session.samples[-1].uncorrected, 2) if session.samples else None,
         "drift_of_axis_units": _drift(session),
-        "wobbles": wobbles, "wobble_column_s": round(wobble_s, 2), "motor_s": round(motor_s, 1),
+        "wobbles": wobbles, "wobble_column_s": round(wobble_s, 2), "checks": checks,
+        "check_column_s": round(check_s, 2), "motor_s": round(motor_s, 1),
         "column_busy_fraction": round(busy / twin_s, 4) if twin_s else None,
         "mean_cycle_twin_s_with_compute": round(sum(measured) / len(measured), 1) if measured else None,
         "metrics_url": session.metrics_url,
@@ -474,6 +481,7 @@ def print_summary(report: dict[str, Any], session: Session) -> None:
         print(f"    {label:<33}" + "".join(f"{show(c[key]):>16}" for c in columns))
     print("    * aligned by hand when the session began, then left to drift")
     print(f"  beam busy for the daemon: {report['wobbles']} wobbles x {report['wobble_column_s']:g} s + "
+          f"{report['checks']} checks x {report['check_column_s']:g} s + "
           f"{report['motor_s']:g} s of motor = {_pct(report['column_busy_fraction'])} of the session "
           f"(the rest is yours)")
 

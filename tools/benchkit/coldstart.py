@@ -11,7 +11,7 @@ import numpy as np
 
 from benchkit.harness import sim_column
 from benchkit.session import BAND_UNITS, envelope_violations
-from temalign.service.cycle import run_cycle
+from temalign.service.cycle import can_check, run_cycle
 from temalign.service.schedule import PlanState, observe, plan_next
 
 MAX_CYCLES = 8
@@ -37,15 +37,16 @@ def cold_start(seed: int, radius: float, *, schedule: dict[str, Any] | None = No
         state = PlanState()
         steps: list[dict[str, Any]] = []
         needed: int | None = 0 if m0 <= BAND_UNITS else None
+        look = "full"
         while needed is None and len(steps) < max_cycles:
-            result = run_cycle(col.parts)
+            result = run_cycle(col.parts, look=look)
             m = col.misalignment()
             steps.append({"outcome": result.outcome, "reason": result.reason, "true_after": round(m, 2)})
             if m <= BAND_UNITS:
                 needed = len(steps)
                 break
-            plan = plan_next(state, observe(result), col.settings.schedule)
-            state = plan.state
+            plan = plan_next(state, observe(result), col.settings.schedule, can_check=can_check(col.parts))
+            state, look = plan.state, plan.look
             col.clock.advance(plan.delay_s)
         entries = list(col.parts.journal.entries())
         violations = envelope_violations(entries, col.settings, col.parts.session_start or col.start_position)

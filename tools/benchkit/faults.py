@@ -42,6 +42,7 @@ from temalign.twin.service import TwinServer
 from temalign.twin.settings import TwinSettings
 from temalign.wobble.c1_memory import C1Memory, same_c1
 from temalign.wobble.sources import CameraSource
+from temalign.wobble.stack import STEPS
 
 from .harness import EXPOSURE_S, REPO, SHIPPED_MODEL, settings_for
 
@@ -133,9 +134,11 @@ def plan_scenario(seed: int) -> dict[str, Any]:
     if rng.random() < 0.12:
         operator.append({"before_cycle": int(rng.integers(0, cycles)),
                          "action": str(rng.choice(["pause", "dry-run"]))})
+    advance = [round(float(rng.uniform(30, 900)), 1) for _ in range(cycles)]
+    looks = [str(rng.choice(["full", "check"])) for _ in range(cycles)]
     return {"seed": seed, "twin_seed": int(seed % (2**31)),
             "offset": [round(radius * math.cos(angle), 1), round(radius * math.sin(angle), 1)],
-            "cycles": cycles, "advance_s": [round(float(rng.uniform(30, 900)), 1) for _ in range(cycles)],
+            "cycles": cycles, "advance_s": advance, "looks": looks,
             "safety": safety, "faults": faults, "operator": operator}
 
 
@@ -341,7 +344,8 @@ class Judge:
         st = pre["state"]
         if st.hold is not None or st.mode != "live" or pre["paused"]:
             self.bad("doubtful", k, f"a move while hold={st.hold!r}, mode={st.mode}, paused={pre['paused']}")
-        blanks = sum(1 for e in events[:first] if e["op"] == "acquire" and e["blank"])
+        grabs = [e for e in events[:first] if e["op"] == "acquire"]
+        blanks = sum(1 for e in grabs[-STEPS:] if e["blank"])  # the wobble the move was decided on
         if blanks:
             self.bad("doubtful", k, f"a correction decided on a wobble with {blanks} blanked frame(s)")
         b = result.before
@@ -450,7 +454,7 @@ def run_scenario(plan: dict[str, Any], model: ModelEstimator) -> dict[str, Any]:
             seq = parts.journal.last_seq
             result = None
             try:
-                result = run_cycle(parts)
+                result = run_cycle(parts, look=plan["looks"][k])
                 outcomes.append(f"{result.outcome}/{result.reason}")
             except Exception as error:
                 outcomes.append("raised")

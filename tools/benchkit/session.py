@@ -15,7 +15,7 @@ import numpy as np
 
 from benchkit.harness import SimColumn, sim_column
 from temalign.config.schema import Settings
-from temalign.service.cycle import run_cycle
+from temalign.service.cycle import can_check, run_cycle
 from temalign.service.schedule import PlanState, observe, plan_next
 
 STRATEGIES = ("none", "person", "classical", "model", "combined")
@@ -109,19 +109,23 @@ def envelope_violations(entries: list[dict[str, Any]], settings: Settings, sessi
     return out
 
 
-def wobble_seconds(entries: list[dict[str, Any]]) -> tuple[int, float]:
-    """Number of wobbles and their twin time (intent to outcome), from the journal."""
+def wobble_seconds(entries: list[dict[str, Any]]) -> tuple[int, int, float]:
+    """Number of full wobbles, of two-frame checks, and their twin time together (intent to
+    outcome), from the journal."""
     started: dict[int, float] = {}
-    count, total = 0, 0.0
+    wobbles, checks, total = 0, 0, 0.0
     for e in entries:
         if e.get("kind") != "wobble":
             continue
         if e.get("phase") == "intent":
             started[e["seq"]] = float(e["t"])
-            count += 1
+            if e.get("label") == "check":
+                checks += 1
+            else:
+                wobbles += 1
         elif e.get("op") in started:
             total += float(e["t"]) - started.pop(e["op"])
-    return count, total
+    return wobbles, checks, total
 
 
 def summarise(times: list[float], values: list[float], t_end: float) -> dict[str, float]:
@@ -162,7 +166,8 @@ def run_session(seed: int, strategy: str, *, hours: float = 12.0, schedule: dict
     if progress is not None:
         progress(f"seed {seed:3d} {strategy:9s} within20 {record['within_20_fraction']:.4f} "
                  f"rms {record['rms_units']:5.2f} worst {record['worst_units']:6.1f} "
-                 f"disturbed {record['disturbed_fraction']:.4f} wobbles {record.get('wobbles', 0)}")
+                 f"disturbed {record['disturbed_fraction']:.4f} wobbles {record.get('wobbles', 0)} "
+                 f"checks {record.get('checks', 0)}")
     return record
 
 
@@ -190,9 +195,10 @@ def _daemon(col: SimColumn, seed: int, t_end: float) -> dict[str, Any]:
     delays: list[float] = []
     log: list[dict[str, Any]] = []
     cycles = 0
+    look = "full"
     while col.clock.now() < t_end:
         true_before = col.misalignment()
-        result = run_cycle(col.parts)
+        result = run_cycle(col.parts, look=look)
         cycles += 1
         log.append({"t": result.started, "outcome": result.outcome, "reason": result.reason,
                     "true_before": round(true_before, 2), "true_after": round(col.misalignment(), 2),
@@ -200,17 +206,18 @@ def _daemon(col: SimColumn, seed: int, t_end: float) -> dict[str, Any]:
         outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
         if result.outcome.startswith("refused") or result.outcome == "hold":
             refusals[result.reason] = refusals.get(result.reason, 0) + 1
-        plan = plan_next(state, observe(result), settings.schedule)
-        state = plan.state
+        plan = plan_next(state, observe(result), settings.schedule, can_check=can_check(col.parts))
+        state, look = plan.state, plan.look
         delays.append(plan.delay_s)
         log[-1]["delay_s"] = round(plan.delay_s, 1)
         wait = plan.delay_s + float(jitter.uniform(0.0, settings.schedule.jitter_s))
         advance_until(col, min(col.clock.now() + wait, t_end))
     entries = list(col.parts.journal.entries())
-    wobbles, wobble_s = wobble_seconds(entries)
+    wobbles, checks, wobble_s = wobble_seconds(entries)
     start = col.parts.session_start or col.start_position
     violations = envelope_violations(entries, settings, start)
-    return {"cycles": cycles, "wobbles": wobbles, "disturbed_s": wobble_s, "outcomes": outcomes,
+    return {"cycles": cycles, "wobbles": wobbles, "checks": checks, "disturbed_s": wobble_s,
+            "outcomes": outcomes,
             "corrections": outcomes.get("corrected", 0), "rollbacks": outcomes.get("rolled_back", 0),
             "refusals": refusals, "violations": violations, "median_delay_s": float(np.median(delays)),
             "cycle_log": log}

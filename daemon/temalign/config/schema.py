@@ -340,6 +340,7 @@ class ScheduleSettings(Section):
     max_interval_s: Annotated[float, Field(ge=10.0, le=86400.0)] = 800.0
     target_units: Annotated[float, Field(gt=0.0, le=500.0)] = 10.0
     recheck_units: Annotated[float, Field(gt=0.0, le=1000.0)] = 15.0
+    check_interval_s: Annotated[float, Field(ge=0.0, le=86400.0)] = 300.0
 
     @model_validator(mode="after")
     def _jitter_below_interval(self) -> ScheduleSettings:
@@ -353,6 +354,11 @@ class ScheduleSettings(Section):
             if self.jitter_s >= self.min_interval_s / 2:
                 raise key_error("jitter_s", f"{self.jitter_s} s is not below half of "
                                 f"schedule.min_interval_s ({self.min_interval_s} s)")
+            check = self.check_interval_s
+            if check and not self.min_interval_s <= check <= self.max_interval_s:
+                raise key_error("check_interval_s", f"{self.check_interval_s} s is not between "
+                                f"schedule.min_interval_s ({self.min_interval_s} s) and max_interval_s "
+                                f"({self.max_interval_s} s); 0 turns the check off")
         return self
 
 

@@ -202,10 +202,11 @@ class Walk:
 
 
 def fit_walk_rho(stack: WobbleStack, usable: Sequence[bool] | None = None,
-                 spots: Sequence[Spot] | None = None) -> Walk | str:
+                 spots: Sequence[Spot] | None = None, min_frames: int = MIN_FRAMES) -> Walk | str:
     """Centroids of the usable frames against rho, fitted as p0 + slope rho (+ q rho^2 with 5 or
     more frames); a string says why there is no fit. `spots`: the frames' spots when already
-    measured (StackQuality.spots)."""
+    measured (StackQuality.spots). `min_frames` 2 serves the two-frame check, whose line has no
+    residual to judge it by."""
     images = getattr(stack, "images", None)
     if not isinstance(images, np.ndarray) or images.ndim != 3 or len(stack.c1_values) != images.shape[0]:
         return "the stack is not a (frames, height, width) array with one C1 value per frame"
@@ -225,8 +226,8 @@ def fit_walk_rho(stack: WobbleStack, usable: Sequence[bool] | None = None,
             return f"the frames cannot be measured: {error}"
     keep = [k for k, s in enumerate(spots)
             if s.found and all(math.isfinite(v) for v in s.centre) and (usable is None or usable[k])]
-    if len(keep) < MIN_FRAMES:
-        return f"only {len(keep)} frame(s) show a usable spot; at least {MIN_FRAMES} are needed"
+    if len(keep) < min_frames:
+        return f"only {len(keep)} frame(s) show a usable spot; at least {min_frames} are needed"
     rho = _rho([stack.c1_values[k] for k in keep], c0)
     xy = np.array([spots[k].centre for k in keep], dtype=float)
     columns = [np.ones_like(rho), rho]
@@ -243,11 +244,12 @@ def fit_walk_rho(stack: WobbleStack, usable: Sequence[bool] | None = None,
 
 def classical_estimate(stack: WobbleStack, calibration: Calibration,
                        usable: Sequence[bool] | None = None,
-                       spots: Sequence[Spot] | None = None) -> ClassicalEstimate:
+                       spots: Sequence[Spot] | None = None,
+                       min_frames: int = MIN_FRAMES) -> ClassicalEstimate:
     """delta = -(M^-1 @ slope) from the spot's walk over the usable frames (all frames with a spot
     when `usable` is None). M is scaled by c0 / calibration.c1: the walk per unit rho grows with
     c0 / c_f, so a C1 moved a little since the calibration is still served."""
-    walk = fit_walk_rho(stack, usable, spots)
+    walk = fit_walk_rho(stack, usable, spots, min_frames)
     if isinstance(walk, str):
         return ClassicalEstimate(None, None, math.nan, 0, walk)
     residual_px = walk.residual_fov * REFERENCE_WIDTH

@@ -34,6 +34,7 @@ from temalign.errors import TemalignError
 CYCLE_OUTCOMES = (
     "corrected",
     "within_deadband",
+    "checked",
     "refused_low_confidence",
     "refused_doubtful_stack",
     "refused_limit",

@@ -183,6 +183,8 @@ def describe_cycle(c: dict[str, Any]) -> str:
     before = c.get("before") or {}
     m = before.get("misalignment")
     est = f"|m| {m:.1f}" if isinstance(m, int | float) and math.isfinite(m) else "no estimate"
+    if c.get("outcome") == "checked":
+        return f"checked: {c.get('detail')} [{c.get('position_before')}]"
     return (f"{c.get('outcome')}: {c.get('detail')} [{est}; model {before.get('model')}, classical "
             f"{before.get('classical')}; {c.get('position_before')} -> {c.get('position_after')}]")
 

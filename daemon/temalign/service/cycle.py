@@ -16,6 +16,7 @@ from typing import Any
 from temalign.clock import Clock
 from temalign.config.schema import Settings
 from temalign.decide.envelope import Decision, FailureCounter, RateLedger, decide, is_worse, motor_fault
+from temalign.estimate.classical import ClassicalEstimate, classical_estimate
 from temalign.estimate.combined import CombinedEstimator, Measurement
 from temalign.frames import WobbleStack
 from temalign.microscope import Microscope, Position
@@ -28,6 +29,10 @@ from temalign.wobble.sources import ImageSource
 from temalign.wobble.stack import wobble
 
 Pair = tuple[int, int]
+CHECK_STEPS = (3, 6)
+"""The check's frames: C1 as it is (nothing to settle), then the wobble's upper end: one settle
+instead of seven, and the spot's walk between them is the misalignment through the calibration."""
+LOOKS = ("full", "check")
 
 
 @dataclass
@@ -72,6 +77,7 @@ class CycleResult:
     after: Measurement | None = None
     decision: Decision | None = None
     applied: tuple[float, float] | None = None
+    check: ClassicalEstimate | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON (journal, `once --json`, `status --json`, the log line)."""
@@ -79,7 +85,16 @@ class CycleResult:
                 "started": self.started, "duration_s": round(self.duration_s, 4),
                 "position_before": self.position_before, "position_after": self.position_after,
                 "c1": self.c1, "before": measurement_json(self.before), "after": measurement_json(self.after),
-                "decision": decision_json(self.decision), "applied": self.applied}
+                "decision": decision_json(self.decision), "applied": self.applied,
+                "check": check_json(self.check)}
+
+
+def check_json(c: ClassicalEstimate | None) -> dict[str, Any] | None:
+    """The two-frame check as plain JSON."""
+    if c is None:
+        return None
+    size = None if c.delta is None else _num(math.hypot(*c.delta))
+    return {"delta": _rounded(c.delta), "misalignment": size, "frames": c.frames_used, "reason": c.reason}
 
 
 def measurement_json(m: Measurement | None) -> dict[str, Any] | None:
@@ -119,10 +134,13 @@ def _pair(p: Position) -> Pair:
 class _Cycle:
     """The steps of one cycle over shared parts; `run()` returns its CycleResult."""
 
-    def __init__(self, parts: Parts, forced: bool) -> None:
+    def __init__(self, parts: Parts, forced: bool, look: str) -> None:
+        if look not in LOOKS:
+            raise ValueError(f"look must be one of {LOOKS}, got {look!r}")
         self.p = parts
         self.s = parts.settings
         self.forced = forced
+        self.look = look
         self.t0 = parts.clock.now()
         self.state: RunState = parts.state.load(self.s.schedule.mode)
         self.live = self.state.mode == "live" and self.state.hold is None
@@ -170,6 +188,35 @@ class _Cycle:
                                                  last_position=position)
                 return self.result("skipped", "aperture-moved", why + "; paused (temalign resume)")
         return None
+
+    def _can_check(self) -> bool:
+        """Live work only: dry-run reports both estimators every time."""
+        return self.live and can_check(self.p)
+
+    def check(self) -> ClassicalEstimate:
+        """The cheap look (CHECK_STEPS): the classical estimator on two frames; journaled like any
+        wobble. It never moves anything: at or above the deadband, or when it cannot tell, the full
+        wobble follows and decides."""
+        s = self.s
+        calibration = self.p.estimator.calibration
+        assert calibration is not None
+        op = self.p.journal.intent("wobble", label="check", fraction=s.wobble.fraction,
+                                   steps=list(CHECK_STEPS))
+        try:
+            stack: WobbleStack = wobble(
+                self.p.microscope, self.p.source, fraction=s.wobble.fraction, settle_s=s.wobble.settle_s,
+                clock=self.p.clock, memory=self.p.memory, restore_attempts=s.wobble.restore_attempts,
+                saturation_abort_fraction=s.quality.saturation_abort_fraction, steps=CHECK_STEPS)
+        except BaseException as error:
+            self.p.journal.outcome(op, "wobble", ok=False, error=f"{type(error).__name__}: {error}")
+            raise
+        try:
+            estimate = classical_estimate(stack, calibration, min_frames=len(CHECK_STEPS))
+        except ValueError as error:
+            estimate = ClassicalEstimate(None, None, math.nan, 0, str(error))
+        self.p.journal.outcome(op, "wobble", ok=True, c1=stack.c1_before, delta=_rounded(estimate.delta),
+                               reason=estimate.reason)
+        return estimate
 
     def measure(self, label: str) -> Measurement:
         """One wobble and both estimators; journaled before and after (C1 is restored by wobble())."""
@@ -231,6 +278,14 @@ class _Cycle:
         if stopped is not None:
             return stopped
         try:
+            if self.look == "check" and self._can_check():
+                check = self.check()
+                self.fields["check"] = check
+                deadband = self.s.safety.deadband_units
+                seen = math.hypot(*check.delta) if check.delta is not None else None
+                if seen is not None and seen < deadband:
+                    return self.result("checked", "check", f"two-frame check: |m| about {seen:.1f} units, "
+                                       f"inside the deadband ({deadband:g})")
             before = self.measure("before")
         except C1RestoreFailed as error:
             self.state = self.p.state.update(hold=f"C1 could not be restored: {error}")
@@ -350,10 +405,20 @@ class _Cycle:
         return result
 
 
-def run_cycle(parts: Parts, *, forced: bool = False) -> CycleResult:
+def can_check(parts: Parts) -> bool:
+    """Whether these parts can look with the two-frame check: it is the classical estimator's, so
+    it needs the calibration and an `estimator.use` that trusts it (the scheduling policy caps the
+    wait at `check_interval_s` only when it can)."""
+    return parts.estimator.calibration is not None and parts.settings.estimator.use != "model"
+
+
+def run_cycle(parts: Parts, *, forced: bool = False, look: str = "full") -> CycleResult:
     """One cycle; `forced` (temalign once) runs even when paused (moving if the mode is live) or in
-    hold (measuring only: a hold never moves)."""
-    cycle = _Cycle(parts, forced)
+    hold (measuring only: a hold never moves). `look` "check" starts with the two-frame check and
+    stops there when it sees the column aligned (outcome "checked"); when the check sees a
+    misalignment or cannot tell, the full wobble follows in the same cycle. Without a calibration,
+    with `estimator.use: model`, and when not live, the look is always full."""
+    cycle = _Cycle(parts, forced, look)
     result = cycle.run()
     parts.journal.append("cycle", **result.to_json())
     return result

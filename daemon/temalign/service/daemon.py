@@ -35,7 +35,7 @@ from temalign.record.metrics import Metrics
 from temalign.record.state import StateStore, is_paused
 from temalign.service import notify
 from temalign.service.control import ControlServer
-from temalign.service.cycle import CycleResult, Parts, run_cycle
+from temalign.service.cycle import CycleResult, Parts, can_check, run_cycle
 from temalign.service.schedule import PlanState, observe, plan_next
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.errors import C1RestoreFailed
@@ -77,6 +77,7 @@ class Daemon:
         self._stop = threading.Event()
         self._scheduler: Any = None
         self._plan_state = PlanState()
+        self._next_look = "full"
         self._hup: threading.Event | None = None
         self._control: ControlServer | None = None
         self.last: list[dict[str, Any]] = []
@@ -221,18 +222,20 @@ class Daemon:
         """A scheduled cycle, then the policy's wait until the next."""
         if self._stop.is_set():
             return
-        result = self.cycle()
-        plan = plan_next(self._plan_state, observe(result), self.settings.schedule)
+        result = self.cycle(look=self._next_look)
+        plan = plan_next(self._plan_state, observe(result), self.settings.schedule,
+                         can_check=can_check(self.parts))
         self._plan_state = plan.state
-        log.debug("next cycle", delay_s=round(plan.delay_s, 1), why=plan.reason)
+        self._next_look = plan.look
+        log.debug("next cycle", delay_s=round(plan.delay_s, 1), look=plan.look, why=plan.reason)
         self._plan_at(plan.delay_s)
 
-    def cycle(self, *, forced: bool = False) -> CycleResult:
+    def cycle(self, *, forced: bool = False, look: str = "full") -> CycleResult:
         """One cycle under the lock (a scheduled one and `once` never overlap), then the record."""
         with self._lock:
             if self.memory.exists():
                 self.recover()
-            result = run_cycle(self.parts, forced=forced)
+            result = run_cycle(self.parts, forced=forced, look=look)
         self._record(result)
         return result
 
@@ -242,12 +245,15 @@ class Daemon:
         position = result.position_after
         drift = None
         state = self.store.load(self.settings.schedule.mode)
-        if before is not None and before.delta is not None and result.position_before and state.reference:
-            drift = (result.position_before[0] + before.delta[0] - state.reference[0],
-                     result.position_before[1] + before.delta[1] - state.reference[1])
+        estimate = before.delta if before is not None else None
+        if result.outcome == "checked" and result.check is not None:
+            estimate = result.check.delta
+        if estimate is not None and result.position_before and state.reference:
+            drift = (result.position_before[0] + estimate[0] - state.reference[0],
+                     result.position_before[1] + estimate[1] - state.reference[1])
         m.observe_cycle(outcome=result.outcome, duration_s=result.duration_s,
-                        estimate=before.delta if before else None, applied=result.applied, position=position,
-                        drift=drift, misalignment_before=before.misalignment if before else None,
+                        estimate=estimate, applied=result.applied, position=position,
+                        drift=drift, misalignment_before=math.hypot(*estimate) if estimate else None,
                         misalignment_after=after.misalignment if after else None,
                         confidence=before.confidence if before else None, timestamp=self.wall())
         for meas in (before, after):
@@ -307,8 +313,14 @@ class Daemon:
         }
 
     def _last_estimate(self) -> dict[str, Any] | None:
-        """The newest cycle's estimate (each estimator's, the one used, |m|), or None."""
+        """The newest cycle's estimate (each estimator's, the one used, |m|), or None. A cycle that
+        stopped at the two-frame check has the classical estimator's alone."""
         for cycle in self.last:
+            check = cycle.get("check")
+            if cycle.get("outcome") == "checked" and check and check.get("misalignment") is not None:
+                return {"misalignment": check["misalignment"], "delta": check["delta"], "model": None,
+                        "classical": check["delta"], "confidence": None, "trusted": True,
+                        "reason": "two-frame check", "at_cycle_start": cycle["started"]}
             before = cycle.get("before")
             if before and before.get("model") is not None:
                 keys = ("misalignment", "delta", "model", "classical", "confidence", "trusted", "reason")

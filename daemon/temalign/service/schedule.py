@@ -12,6 +12,12 @@ The policy, after each cycle:
 - no estimate to go on (an error, skipped, the first cycles) or nothing the daemon could act on
   (dry run, a refusal): `interval_s`.
 
+Each wait also names the next look. After a cycle that left the column aligned (corrected, within
+the deadband, checked) it is the two-frame check (service.cycle.CHECK_STEPS: one settle instead of
+seven, the full wobble only when it sees a misalignment), and the wait is capped at
+`check_interval_s` instead of `max_interval_s`: checks cost a seventh of a wobble each, so they
+can come often enough to catch a jump early. After anything else the next look is a full wobble.
+
 The daemon (service.daemon) and the session benchmark (tools/bench_session.py) call the same
 `plan_next`, so the benchmark measures the shipped policy. `adaptive: false` is the old fixed
 interval."""
@@ -29,9 +35,10 @@ RATE_SMOOTHING = 0.3
 samples noisy, and a trend is what predicts the next interval."""
 MIN_RATE_SPAN_S = 120.0
 """Estimates closer in time than this say more about estimator noise than about drift."""
-ACTED = ("corrected", "within_deadband")
+ACTED = ("corrected", "within_deadband", "checked")
 """Live outcomes where the daemon did what the estimate asked; after anything else (dry run, a
-refusal) hurrying would only add wobbles, so the wait is `interval_s`."""
+refusal) hurrying would only add wobbles, so the wait is `interval_s`; and after these alone the
+next look may be the two-frame check."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,8 @@ class Plan:
     delay_s: float
     reason: str
     state: PlanState
+    look: str = "full"
+    """"check" (the two-frame check first) or "full" (service.cycle.run_cycle's `look`)."""
 
 
 def observe(result: Any) -> Observation:
@@ -73,8 +82,13 @@ def observe(result: Any) -> Observation:
     before = result.before
     aligned = None
     m_before = None
-    if before is not None and before.trusted and before.delta is not None and result.position_before:
-        dx, dy = before.delta
+    delta = None
+    if before is not None and before.trusted and before.delta is not None:
+        delta = before.delta
+    elif result.outcome == "checked" and getattr(result, "check", None) is not None:
+        delta = result.check.delta
+    if delta is not None and result.position_before:
+        dx, dy = delta
         if math.isfinite(dx) and math.isfinite(dy):
             aligned = (result.position_before[0] + dx, result.position_before[1] + dy)
             m_before = math.hypot(dx, dy)
@@ -86,8 +100,20 @@ def observe(result: Any) -> Observation:
                        residual=residual)
 
 
-def plan_next(state: PlanState, obs: Observation, settings: ScheduleSettings) -> Plan:
-    """The next wait after a cycle that saw `obs`, and the updated state."""
+def plan_next(state: PlanState, obs: Observation, settings: ScheduleSettings, *,
+              can_check: bool = True) -> Plan:
+    """The next wait after a cycle that saw `obs`, its look, and the updated state. `can_check`:
+    whether the daemon can look with the check at all (service.cycle.can_check)."""
+    plan = _wait(state, obs, settings)
+    if not (can_check and settings.adaptive and settings.check_interval_s and obs.outcome in ACTED):
+        return plan
+    if plan.delay_s > settings.check_interval_s:
+        cap = settings.check_interval_s
+        return Plan(cap, f"{plan.reason}; a check after {cap:g} s", plan.state, "check")
+    return Plan(plan.delay_s, plan.reason, plan.state, "check")
+
+
+def _wait(state: PlanState, obs: Observation, settings: ScheduleSettings) -> Plan:
     if not settings.adaptive:
         return Plan(settings.interval_s, "fixed interval", state)
     if obs.outcome == "rolled_back":
