@@ -47,6 +47,7 @@ def test_demo_keeps_the_drifting_twin_aligned(tmp_path: Path, capsys: pytest.Cap
     assert uncorrected["within_20_fraction"] == 0 and uncorrected["rms_units"] > 150, uncorrected
     assert summary["drift_of_axis_units"] > 5, "the twin did not drift: nothing was shown"
     assert 0 < summary["column_busy_fraction"] < 0.2
+    assert summary["checks"] >= summary["cycles_by_outcome"].get("checked", 0) >= 1, summary
 
     png = tmp_path / "session.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 30_000

@@ -334,7 +334,8 @@ def _cycle_text(cycle: dict[str, Any], t0: float, number: int) -> str:
     elif cycle["outcome"] == "within_deadband":
         what = f"left alone ({estimate}, within the deadband)"
     elif cycle["outcome"] == "checked":
-        what = f"checked: about {(cycle.get('check') or {}).get('misalignment')} units, left alone"
+        seen = (cycle.get("check") or {}).get("misalignment")
+        what = f"checked: about {_units(seen)} units, left alone"
     elif cycle["outcome"] == "rolled_back":
         what = f"ROLLED BACK: {cycle['detail']}"
     else:
@@ -359,7 +360,7 @@ def _journal_cycles(state_dir: Path, t0: float) -> list[dict[str, Any]]:
     return [{"t": float(e["started"]) - t0, "outcome": e["outcome"], "reason": e["reason"],
              "duration_s": e.get("duration_s"), "applied": e.get("applied"),
              "estimate_before": (e.get("before") or {}).get("misalignment"),
-             "estimate_after": (e.get("after") or {}).get("misalignment")}
+             "estimate_after": (e.get("after") or {}).get("misalignment"), "check": e.get("check")}
             for e in entries if e.get("kind") == "cycle"]
 
 
