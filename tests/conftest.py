@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import select
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -56,6 +57,19 @@ class ServedTwin:
     def lens_reads(self) -> float:
         """C1 as the lens holds it (not as last commanded)."""
         return float(self.truth()["c1_setpoint"])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_as_a_person_has_it() -> Iterator[None]:
+    """A runner started in the background by a non-interactive shell inherits SIGINT ignored, and
+    so would every process the tests start: the Ctrl-C tests would test nothing. Put Python's own
+    handler back for the session (children then start with the default, as from a terminal)."""
+    before = signal.getsignal(signal.SIGINT)
+    if before == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    if before == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 @pytest.fixture
