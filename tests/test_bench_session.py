@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from benchkit.coldstart import cold_start, start_offset
-from benchkit.session import envelope_violations, run_session, summarise
+from benchkit.session import check_accuracy, envelope_violations, run_session, summarise
 
 SEEDS = (1, 2)
 HOURS = 3.0
@@ -39,6 +39,13 @@ def test_combined_daemon_meets_the_session_targets(sessions: dict, seed: int) ->
     # between corrections the column is watched by two-frame checks instead
     assert r["wobbles"] <= 2 * r["corrections"] + 4
     assert r["outcomes"].get("checked", 0) >= r["cycles"] // 2
+
+
+def test_the_two_frame_check_agrees_with_the_truth(sessions: dict) -> None:
+    accuracy = check_accuracy([sessions[seed, "combined"]["cycle_log"] for seed in SEEDS], 8.0)
+    assert accuracy is not None and accuracy["checks"] >= 40
+    assert accuracy["error_units"]["median"] < 1.5 and accuracy["error_units"]["p95"] < 3.0, accuracy
+    assert accuracy["missed_at_or_above_deadband"] <= accuracy["checks"] // 10, accuracy
 
 
 @pytest.mark.parametrize("seed", SEEDS)

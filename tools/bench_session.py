@@ -28,7 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit.session import STRATEGIES, parse_set, run_session
+from benchkit.session import STRATEGIES, check_accuracy, parse_set, run_session
+
+from temalign.config.schema import SafetySettings
 
 TARGETS = {"within_20_fraction": 0.98, "rms_units": 8.0, "disturbed_fraction": 0.03, "violations": 0}
 """Issue 5's targets for the combined daemon."""
@@ -42,8 +44,9 @@ def _one(args: tuple[int, str, float, dict[str, Any], bool]) -> dict[str, Any]:
                        keep_trace=trace, progress=lambda line: print(line, flush=True))
 
 
-def aggregate(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Median and worst over seeds per strategy, refusals and violations summed."""
+def aggregate(records: list[dict[str, Any]], deadband: float) -> dict[str, dict[str, Any]]:
+    """Median and worst over seeds per strategy, refusals and violations summed, and the two-frame
+    check against the truth (judged at `deadband`, the sessions' safety.deadband_units)."""
     out: dict[str, dict[str, Any]] = {}
     for strategy in dict.fromkeys(r["strategy"] for r in records):
         rows = [r for r in records if r["strategy"] == strategy]
@@ -58,6 +61,9 @@ def aggregate(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                 refusals[reason] = refusals.get(reason, 0) + n
         summary["refusals"] = refusals
         summary["violations"] = sum(len(r.get("violations", [])) for r in rows)
+        accuracy = check_accuracy([r.get("cycle_log", []) for r in rows], deadband)
+        if accuracy is not None:
+            summary["check_accuracy"] = accuracy
         out[strategy] = summary
     return out
 
@@ -141,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         records = list(pool.map(_one, jobs))
     elapsed = time.perf_counter() - started
-    summary = aggregate(records)
+    deadband = sets.get("safety", {}).get("deadband_units", SafetySettings().deadband_units)
+    summary = aggregate(records, float(deadband))
     args.out.mkdir(parents=True, exist_ok=True)
     pngs = [] if args.no_plot else plot(records, args.out)
     result: dict[str, Any] = {
@@ -167,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['median']:7.2f} / {r['worst']:5.2f} {row['worst_units']['worst']:9.1f} "
               f"{100 * d['median']:9.2f} / {100 * d['worst']:6.2f}"
               f" {wob:8.0f} {checks:7.0f} {corr:5.0f} {row['violations']}")
+    for s, row in summary.items():
+        acc = row.get("check_accuracy")
+        if acc:
+            e = acc["error_units"]
+            print(f"{s:10s} check against the truth: {acc['checks']} checks, error median {e['median']:.2f} "
+                  f"p95 {e['p95']:.2f} max {e['max']:.2f} units; {acc['missed_at_or_above_deadband']} said "
+                  f"aligned at or above the deadband, {acc['escalated_then_within_deadband']} escalated to a "
+                  "full wobble that found it within the deadband")
     if "combined_meets" in result:
         print("combined against the targets:", result["combined_meets"])
     print(f"{len(records)} sessions in {elapsed:.0f} s; wrote {args.out / 'session.json'}")

@@ -186,6 +186,29 @@ def _person(col: SimColumn, seed: int, t_end: float) -> dict[str, Any]:
     return {"alignments": n, "disturbed_s": n * PERSON_BEAM_S}
 
 
+def _check_error(check: Any, true_m: list[float]) -> float | None:
+    """How far the two-frame check's delta was from the truth (delta = a* - a = -m), units."""
+    if check is None or check.delta is None:
+        return None
+    return round(math.hypot(check.delta[0] + true_m[0], check.delta[1] + true_m[1]), 3)
+
+
+def check_accuracy(logs: list[list[dict[str, Any]]], deadband: float) -> dict[str, Any] | None:
+    """The check against the truth over the sessions' cycle logs: its error, and how often it
+    misjudged the deadband (a miss leaves a correction for a later cycle; a false alarm costs a
+    full wobble that ends within the deadband)."""
+    rows = [c for log in logs for c in log if c.get("check_error") is not None]
+    if not rows:
+        return None
+    errors = np.asarray([c["check_error"] for c in rows])
+    missed = sum(1 for c in rows if c["outcome"] == "checked" and c["true_before"] >= deadband)
+    false_alarms = sum(1 for c in rows if c["outcome"] == "within_deadband")
+    return {"checks": len(rows), "error_units": {"median": float(np.median(errors)),
+                                                 "p95": float(np.percentile(errors, 95)),
+                                                 "max": float(errors.max())},
+            "missed_at_or_above_deadband": missed, "escalated_then_within_deadband": false_alarms}
+
+
 def _daemon(col: SimColumn, seed: int, t_end: float) -> dict[str, Any]:
     settings = col.settings
     jitter = np.random.default_rng([seed, 11])
@@ -198,11 +221,13 @@ def _daemon(col: SimColumn, seed: int, t_end: float) -> dict[str, Any]:
     look = "full"
     while col.clock.now() < t_end:
         true_before = col.misalignment()
+        true_m = col.truth()["misalignment"]
         result = run_cycle(col.parts, look=look)
         cycles += 1
         log.append({"t": result.started, "outcome": result.outcome, "reason": result.reason,
                     "true_before": round(true_before, 2), "true_after": round(col.misalignment(), 2),
-                    "estimate_before": None if result.before is None else result.before.misalignment})
+                    "estimate_before": None if result.before is None else result.before.misalignment,
+                    "check_error": _check_error(result.check, true_m)})
         outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
         if result.outcome.startswith("refused") or result.outcome == "hold":
             refusals[result.reason] = refusals.get(result.reason, 0) + 1
