@@ -101,6 +101,7 @@ def test_a_check_on_an_aligned_column_stops_at_two_frames(make_twin: Any, connec
     assert served.truth()["aperture"] == before
     assert served.lens_reads() == pytest.approx(c1_before, rel=1e-9)
     assert wobble_labels(tmp_path) == ["check"]
+    assert parts.check_steps == (3, 6)  # the focused spot was there: one settle stays enough
     cycle = [e for e in read_journal(tmp_path / "state") if e["kind"] == "cycle"][-1]
     assert cycle["check"]["frames"] == 2 and cycle["outcome"] == "checked"
 

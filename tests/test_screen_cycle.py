@@ -260,3 +260,52 @@ def test_usual_auto_contrast_hides_the_focused_spot_and_the_loop_still_works(
     assert_screen_frames(source, wobbles=2)
     focused = source.frames[3].data
     assert 0.002 < np.count_nonzero(focused >= 255) / focused.size < 0.02  # white background, not a spot
+
+
+
+def calibrated_on_screen(make_twin: Callable[..., Any], connect: Any, live_view: Any, tmp_path: Path,
+                         percentiles: Any) -> tuple[Any, RecordingScreen, Parts]:
+    """A twin on the screen, calibrated through it, the aperture a few units off (4, -3)."""
+    served = make_served(make_twin, percentiles)
+    microscope = connect(served)
+    source = live_view(served)
+    settings = settings_for(served, source, tmp_path)
+    parts = make_parts(served, microscope, source, settings,
+                       measure_calibration(served, microscope, source, settings))
+    offset(served, 4, -3)
+    return served, source, parts
+
+
+def check_stops_at_two_frames(served: Any, source: RecordingScreen, parts: Parts) -> None:
+    """One check: it ends there ("checked"), on two screen frames, its delta near the truth."""
+    mx, my = served.truth()["misalignment"]
+    source.frames.clear()
+    result = run_cycle(parts, look="check")
+    assert result.outcome == "checked", result
+    assert len(source.frames) == 2 and result.check is not None
+    assert result.check.delta == pytest.approx((-mx, -my), abs=2.0)
+
+
+def test_a_check_on_screen_frames(make_twin: Callable[..., Any], connect: Any, live_view: Any,
+                                  tmp_path: Path) -> None:
+    """The wide stretch shows the focused spot: the check stops at two frames, C1 as it is and
+    the upper end, and sees the few units the aperture is off."""
+    served, source, parts = calibrated_on_screen(make_twin, connect, live_view, tmp_path, WIDE_PERCENTILES)
+    check_stops_at_two_frames(served, source, parts)
+
+
+def test_a_check_whose_focused_frame_is_hidden_takes_both_ends_from_then_on(
+        make_twin: Callable[..., Any], connect: Any, live_view: Any, tmp_path: Path) -> None:
+    """The usual stretch hides the focused spot (above): the first check cannot tell and hands over
+    to the full wobble; it says so in the journal, and later checks take both ends (two settles)."""
+    served, source, parts = calibrated_on_screen(make_twin, connect, live_view, tmp_path, USUAL_PERCENTILES)
+    c1_before = served.lens_reads()
+    source.frames.clear()
+    first = run_cycle(parts, look="check")
+    assert first.check is not None and first.check.delta is None
+    assert first.outcome == "within_deadband" and len(source.frames) == 2 + 7
+    assert parts.check_steps == (0, 6)
+    assert any(e["kind"] == "check.steps" for e in parts.journal.entries())
+
+    check_stops_at_two_frames(served, source, parts)
+    assert served.lens_reads() == pytest.approx(c1_before, rel=1e-9)

@@ -25,6 +25,7 @@ from temalign.record.journal import Journal
 from temalign.record.state import RunState, StateStore, is_paused
 from temalign.wobble.c1_memory import C1Memory, same_c1
 from temalign.wobble.errors import C1RestoreFailed, LensDidNotTake, SourceError, WobbleError
+from temalign.wobble.report import measure_stack
 from temalign.wobble.sources import ImageSource
 from temalign.wobble.stack import wobble
 
@@ -32,6 +33,9 @@ Pair = tuple[int, int]
 CHECK_STEPS = (3, 6)
 """The check's frames: C1 as it is (nothing to settle), then the wobble's upper end: one settle
 instead of seven, and the spot's walk between them is the misalignment through the calibration."""
+CHECK_STEPS_BOTH_ENDS = (0, 6)
+"""When the frame at C1 as it is shows no spot (an 8-bit display whose stretch turns the focused
+spot's surroundings white, docs/wobble.md), the check takes both ends instead: two settles."""
 LOOKS = ("full", "check")
 
 
@@ -52,6 +56,8 @@ class Parts:
     set); None until the first successful read."""
     ledger: RateLedger = field(default_factory=RateLedger)
     failures: FailureCounter | None = None
+    check_steps: tuple[int, ...] = CHECK_STEPS
+    """The two-frame check's steps; CHECK_STEPS_BOTH_ENDS once the present value showed no spot."""
     wall: Any = time.time
     """Wall-clock epoch seconds, for pause deadlines (a person's time, not the twin's)."""
 
@@ -200,22 +206,28 @@ class _Cycle:
         s = self.s
         calibration = self.p.estimator.calibration
         assert calibration is not None
-        op = self.p.journal.intent("wobble", label="check", fraction=s.wobble.fraction,
-                                   steps=list(CHECK_STEPS))
+        steps = self.p.check_steps
+        op = self.p.journal.intent("wobble", label="check", fraction=s.wobble.fraction, steps=list(steps))
         try:
             stack: WobbleStack = wobble(
                 self.p.microscope, self.p.source, fraction=s.wobble.fraction, settle_s=s.wobble.settle_s,
                 clock=self.p.clock, memory=self.p.memory, restore_attempts=s.wobble.restore_attempts,
-                saturation_abort_fraction=s.quality.saturation_abort_fraction, steps=CHECK_STEPS)
+                saturation_abort_fraction=s.quality.saturation_abort_fraction, steps=steps)
         except BaseException as error:
             self.p.journal.outcome(op, "wobble", ok=False, error=f"{type(error).__name__}: {error}")
             raise
         try:
-            estimate = classical_estimate(stack, calibration, min_frames=len(CHECK_STEPS))
+            spots = measure_stack(stack)
+            estimate = classical_estimate(stack, calibration, spots=spots, min_frames=len(steps))
         except ValueError as error:
-            estimate = ClassicalEstimate(None, None, math.nan, 0, str(error))
+            spots, estimate = [], ClassicalEstimate(None, None, math.nan, 0, str(error))
         self.p.journal.outcome(op, "wobble", ok=True, c1=stack.c1_before, delta=_rounded(estimate.delta),
                                reason=estimate.reason)
+        if steps == CHECK_STEPS and len(spots) == 2 and not spots[0].found and spots[1].found:
+            self.p.check_steps = CHECK_STEPS_BOTH_ENDS
+            self.p.journal.append("check.steps", steps=list(CHECK_STEPS_BOTH_ENDS),
+                                  reason="the frame at C1 as it is shows no spot: later checks take both "
+                                         "ends of the wobble")
         return estimate
 
     def measure(self, label: str) -> Measurement:
