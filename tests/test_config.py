@@ -480,6 +480,16 @@ def _set(tree: dict[str, Any], key: str, value: Any) -> None:
 _DELETE = object()
 
 
+@pytest.mark.parametrize("key", ["microscope.token_file", "paths.state_dir"])
+def test_a_home_directory_of_no_known_user_is_named(key: str) -> None:
+    """"~0" asks for user 0's home, which pathlib cannot find: a ConfigError naming the key, not a
+    RuntimeError (found by the fuzz test below)."""
+    tree = copy.deepcopy(VALID)
+    _set(tree, key, "~0/x")
+    result = outcome(yaml.safe_dump(tree).encode())
+    assert isinstance(result, ConfigError) and key in str(result).splitlines()[0], result
+
+
 @FUZZ
 @given(st.sampled_from(leaf_keys()), SCALARS | st.just(_DELETE) | TREES)
 def test_fuzz_one_broken_key_is_named(key: str, value: Any) -> None:

@@ -66,7 +66,10 @@ def _as_path(value: Any) -> Path:
 
 
 def _resolve(path: Path, info: ValidationInfo) -> Path:
-    path = path.expanduser()
+    try:
+        path = path.expanduser()
+    except RuntimeError as error:  # "~name" of a user this machine does not know
+        raise ValueError(f"{path}: {error} ({str(path).split('/')[0]} names no user here)") from None
     if not path.is_absolute():
         context = info.context if isinstance(info.context, dict) else {}
         base = context.get("base_dir")
