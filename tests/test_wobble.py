@@ -228,6 +228,29 @@ def test_a_late_lens_set_after_a_deadline_does_not_leave_c1_off(make_twin, conne
     assert not (tmp_path / "state" / RECORD_NAME).exists()
 
 
+@pytest.mark.parametrize(("method", "waits"), [("lens.set", [0.3]), ("camera.acquire", [])])
+def test_only_an_unanswered_lens_set_is_waited_for(make_twin, connect, tmp_path, monkeypatch, method,
+                                                   waits) -> None:
+    """The grace is for a command that may still land: a lens.set without its reply. A camera that
+    missed its deadline changes nothing on the column, so nothing is waited for."""
+    from temalign.wobble import stack as stack_module
+
+    served = make_twin()
+    microscope = connect(served, call_timeout_s=0.3, acquire_timeout_s=0.3)
+    slept: list[float] = []
+    real_sleep = time.sleep
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(stack_module.time, "sleep", sleep)
+    hook = inject_before(served, method, 2, "silence")
+    with pytest.raises(DeadlineExceeded):
+        run(served, microscope, tmp_path, source=Hooked(CameraSource(microscope, clock=served.clock), hook))
+    assert [s for s in slept if s >= 0.1] == waits  # the clock's own sleeps are milliseconds here
+
+
 @pytest.mark.parametrize("step", STEPS)
 @pytest.mark.parametrize("raised", [Boom("camera software crashed"), KeyboardInterrupt()])
 def test_c1_restored_after_source_failure_or_interrupt(twin_server, microscope, tmp_path, step,

@@ -253,7 +253,7 @@ class Daemon:
                      result.position_before[1] + estimate[1] - state.reference[1])
         m.observe_cycle(outcome=result.outcome, duration_s=result.duration_s,
                         estimate=estimate, applied=result.applied, position=position,
-                        drift=drift, misalignment_before=math.hypot(*estimate) if estimate else None,
+                        drift=drift,
                         misalignment_after=after.misalignment if after else None,
                         confidence=before.confidence if before else None, timestamp=self.wall())
         for meas in (before, after):

@@ -5,8 +5,8 @@ safety.md: C1 is recorded durably before the first change, and it is put back (a
 whatever ends the wobble: an error reply, a lost connection, a deadline, a failing image source,
 a lens that did not take its value, a saturated frame, KeyboardInterrupt. The original error is
 re-raised after the restore; when the restore itself fails, `C1RestoreFailed` says so and the
-record stays for the next start. After a deadline the lens.set that got no reply may still be
-carried out late, after the restore: C1 is put back once more after the microscope's
+record stays for the next start. A lens.set that ran into its deadline may still be carried out
+late, after the restore: C1 is put back once more after the microscope's
 `late_write_grace_s` (the fault campaign found this; docs/reliability.md)."""
 
 from __future__ import annotations
@@ -90,7 +90,8 @@ def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, sett
            saturation_abort_fraction: float = DEFAULT_SATURATION_ABORT_FRACTION,
            saturation_level: float | None = None, tolerance: float = DEFAULT_TOLERANCE,
            steps: Sequence[int] | None = None) -> WobbleStack:
-    """One wobble around the present C1 value; returns the 7 frames and what was done.
+    """One wobble around the present C1 value; returns its frames (7, or those of `steps`) and
+    what was done.
 
     `steps` picks frames of the series by index, in that order (the check of service.cycle takes
     (3, 6): the present value, then one end). After each `set_c1` the value is read back (a lens
@@ -113,12 +114,15 @@ def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, sett
     readbacks: list[float] = []
     saturation: list[float] = []
     failure: BaseException | None = None
+    unanswered_set = False
     try:
         previous = c0
         for k, value in enumerate(values):
             changed = value != previous
             if changed:
+                unanswered_set = True
                 microscope.set_c1(value)
+                unanswered_set = False
             readback = microscope.c1()
             readbacks.append(readback)
             if not same_c1(readback, value, tolerance):
@@ -143,7 +147,7 @@ def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, sett
     problem, interrupt = restore_c1(microscope, c0, attempts=restore_attempts, clock=clock,
                                     tolerance=tolerance)
     grace = late_write_grace_s(microscope)
-    if problem is None and isinstance(failure, DeadlineExceeded) and grace > 0:
+    if problem is None and unanswered_set and isinstance(failure, DeadlineExceeded) and grace > 0:
         # A lens.set without its reply may still be carried out after the restore: wait for it
         # (wall time, as the deadline is), then put C1 back again.
         time.sleep(grace)
