@@ -20,8 +20,8 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 
 from temalign.clock import ScaledClock
-from temalign.twin.model import Twin
-from temalign.twin.settings import TwinSettings
+from temalign_twin.model import Twin
+from temalign_twin.settings import TwinSettings
 
 FAST_SCALE = 1000.0
 """Twin seconds per wall second for tests over TCP: a wobble's 7 x 2 s of settling take 14 ms."""
@@ -84,7 +84,7 @@ def make_twin() -> Iterator[Callable[..., ServedTwin]]:
     """Factory: `make_twin(overrides=None, seed=1, scale=FAST_SCALE)` starts a served twin; all are
     closed at teardown."""
     from temalign.protocol.client import ProtocolClient
-    from temalign.twin.service import TwinServer
+    from temalign_twin.service import TwinServer
 
     started: list[ServedTwin] = []
 

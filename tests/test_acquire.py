@@ -20,7 +20,7 @@ import pytest
 from trainkit.datasets import Dataset, DatasetError, merge, split
 from trainkit.spiral import default_revolutions, spiral
 
-from temalign.twin import optics
+from temalign import optics
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"camera": {"width": 64, "height": 64}}

@@ -32,12 +32,14 @@ from temalign.clock import SteppedClock
 from temalign.config.loader import parse_config
 from temalign.config.schema import QualitySettings, Settings
 from temalign.errors import ConfigError, TemalignError
-from temalign.estimate.classical import ClassicalEstimate, classical_estimate, nominal_calibration
+from temalign.estimate.calibration import nominal_calibration
+from temalign.estimate.classical import ClassicalEstimate, classical_estimate
 from temalign.estimate.combined import CombinedEstimator, Measurement
 from temalign.estimate.model_estimator import ModelError, ModelEstimator
 from temalign.estimate.quality import StackQuality, assess_stack
 from temalign.frames import WobbleStack
 from temalign.microscope import HARDWARE_RANGE, Position
+from temalign.optics import wobble_values
 from temalign.protocol.errors import ProtocolError
 from temalign.protocol.messages import encode_frame
 from temalign.protocol.tcp_microscope import TcpMicroscope
@@ -45,11 +47,10 @@ from temalign.record.journal import Journal
 from temalign.record.metrics import CYCLE_OUTCOMES
 from temalign.record.state import StateStore
 from temalign.service.cycle import CycleResult, Parts, run_cycle
-from temalign.twin.model import Twin
-from temalign.twin.optics import wobble_values
-from temalign.twin.settings import TwinSettings
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.sources import CameraSource
+from temalign_twin.model import Twin
+from temalign_twin.settings import TwinSettings
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "wobble_physics.tflite"
 QUIET = {"drift": {"linear_per_hour": (0, 0), "random_walk_per_sqrt_hour": 0, "jump_rate_per_hour": 0,

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 from temalign.config.schema import QualitySettings, WobbleSettings
-from temalign.estimate.calibration import CalibrationError, calibrate
-from temalign.estimate.classical import classical_estimate, nominal_calibration
+from temalign.estimate.calibration import nominal_calibration
+from temalign.estimate.classical import classical_estimate
 from temalign.frames import Frame
 from temalign.protocol.errors import ProtocolError
+from temalign.service.calibrate import CalibrationError, calibrate
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.sources import CameraSource
 

@@ -13,22 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from temalign import optics
 from temalign.clock import SteppedClock
 from temalign.config.schema import QualitySettings
-from temalign.estimate.classical import (
+from temalign.estimate.calibration import (
     CALIBRATION_NAME,
     Calibration,
-    classical_estimate,
     load_calibration,
     nominal_calibration,
-    remap,
     save_calibration,
 )
+from temalign.estimate.classical import classical_estimate, remap
 from temalign.estimate.quality import assess_stack, wide_frames
 from temalign.frames import WobbleStack
-from temalign.twin import optics
-from temalign.twin.model import Twin
-from temalign.twin.settings import TwinSettings
+from temalign_twin.model import Twin
+from temalign_twin.settings import TwinSettings
 
 QUIET = {"drift": {"linear_per_hour": (0, 0), "random_walk_per_sqrt_hour": 0, "jump_rate_per_hour": 0}}
 QUALITY = QualitySettings()

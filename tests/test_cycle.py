@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from temalign.config.schema import Settings
-from temalign.estimate.classical import nominal_calibration
+from temalign.estimate.calibration import nominal_calibration
 from temalign.estimate.combined import CombinedEstimator
 from temalign.estimate.model_estimator import ModelEstimator
 from temalign.record.journal import Journal, read_journal

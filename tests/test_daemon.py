@@ -102,7 +102,7 @@ def test_scheduled_cycles_watch_with_checks_and_report_them(make_twin: Any, conn
                                                             short_dir: Path) -> None:
     """After an aligned cycle the next scheduled look is the two-frame check; status, metrics and
     the journal show it; a drift past the deadband turns the check into a correction."""
-    from temalign.estimate.classical import nominal_calibration, save_calibration
+    from temalign.estimate.calibration import nominal_calibration, save_calibration
     from temalign.service.cli import describe_cycle
 
     served = make_twin()

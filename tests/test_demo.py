@@ -64,7 +64,7 @@ def test_demo_keeps_the_drifting_twin_aligned(tmp_path: Path, capsys: pytest.Cap
 
 def test_ctrl_c_stops_cleanly_with_a_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from temalign import demo
+    from temalign_twin import demo
 
     watch = demo._watch
 

@@ -12,9 +12,9 @@ import pytest
 from temalign.clock import SteppedClock
 from temalign.estimate import card as cards
 from temalign.estimate.model_estimator import ModelError, ModelEstimator
-from temalign.twin.model import Twin
-from temalign.twin.optics import wobble_values
-from temalign.twin.settings import TwinSettings
+from temalign.optics import wobble_values
+from temalign_twin.model import Twin
+from temalign_twin.settings import TwinSettings
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "wobble_physics.tflite"
 QUIET = {"drift": {"linear_per_hour": (0, 0), "random_walk_per_sqrt_hour": 0, "jump_rate_per_hour": 0}}

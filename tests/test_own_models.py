@@ -15,9 +15,9 @@ from trainkit.conversion import LiteModel, convert, latency, non_builtin_ops
 
 from temalign.clock import SteppedClock
 from temalign.estimate.preprocess import physics
-from temalign.twin.model import Twin
-from temalign.twin.optics import wobble_values
-from temalign.twin.settings import TwinSettings
+from temalign.optics import wobble_values
+from temalign_twin.model import Twin
+from temalign_twin.settings import TwinSettings
 
 SIDE = 64
 QUIET = {"camera": {"width": SIDE, "height": SIDE},
@@ -85,7 +85,7 @@ def test_tiny_cnn_builds_small_and_converts() -> None:
 
 
 def test_the_geometry_is_the_twins() -> None:
-    from temalign.twin import optics
+    from temalign import optics
 
     for name in ("D_FOV", "THETA0_DEG", "THETA_PER_U_DEG", "WOBBLE_UNIT", "RADIUS_PER_G", "RADIUS_MIN"):
         assert getattr(om, name) is getattr(optics, name)

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from temalign import optics
 from temalign.clock import SteppedClock
 from temalign.estimate import preprocess
 from temalign.estimate.preprocess import (
@@ -23,10 +24,9 @@ from temalign.estimate.preprocess import (
     standard_64,
     standard_128,
 )
-from temalign.twin import optics
-from temalign.twin.display import to_display
-from temalign.twin.model import Twin
-from temalign.twin.settings import TwinSettings
+from temalign_twin.display import to_display
+from temalign_twin.model import Twin
+from temalign_twin.settings import TwinSettings
 
 CLEAN = {"camera": {"shot_noise": False, "read_noise": 0.0, "hot_pixel_fraction": 0.0}}
 

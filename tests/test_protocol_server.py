@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 from temalign.microscope import Position
 from temalign.protocol.errors import Busy, HardwareFault, OutOfRange, RemoteError
 from temalign.protocol.messages import HelloResult
-from temalign.protocol.server import GARBAGE_LINE, Intercept, ProtocolServer
+from temalign.protocol.server import ProtocolServer
 from temalign.protocol.tcp_microscope import TcpMicroscope
+from temalign_twin.faulty_server import GARBAGE_LINE, FaultInjectingServer, Intercept
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -469,7 +470,7 @@ class Injector:
 @pytest.fixture
 def injected(column: Column) -> Iterator[tuple[Injector, Raw, ProtocolServer]]:
     injector = Injector()
-    with ProtocolServer(column.methods(), server_name="s", limits=LIMITS, interceptor=injector) as srv:
+    with FaultInjectingServer(column.methods(), server_name="s", limits=LIMITS, interceptor=injector) as srv:
         client = Raw(srv.address, timeout=2)
         client.call("hello", client="t")
         yield injector, client, srv
@@ -604,8 +605,10 @@ def test_too_many_connections_are_told_busy() -> None:
 
 
 def test_close_ends_connections_and_stops_listening(column: Column) -> None:
-    srv = ProtocolServer(column.methods(), server_name="s", limits=LIMITS,
-                         interceptor=lambda m, p: Intercept("delay", seconds=30) if m == "echo" else None)
+    def slow_echo(method: str, params: dict) -> Intercept | None:
+        return Intercept("delay", seconds=30) if method == "echo" else None
+
+    srv = FaultInjectingServer(column.methods(), server_name="s", limits=LIMITS, interceptor=slow_echo)
     srv.start()
     idle = Raw(srv.address)
     idle.call("hello", client="t")

@@ -20,17 +20,17 @@ from typing import Any
 import numpy as np
 import pytest
 
+from temalign import optics
 from temalign.clock import RealClock, SteppedClock
 from temalign.estimate.spots import measure_spot
 from temalign.protocol.errors import Busy
-from temalign.twin import optics
-from temalign.twin.display import contrast_limits, to_display, zoom_nearest
-from temalign.twin.model import Twin
-from temalign.twin.settings import DisplaySettings, TwinSettings
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.errors import SourceError
 from temalign.wobble.sources import ScreenSource
 from temalign.wobble.stack import c1_series, wobble
+from temalign_twin.display import contrast_limits, to_display, zoom_nearest
+from temalign_twin.model import Twin
+from temalign_twin.settings import DisplaySettings, TwinSettings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -98,7 +98,7 @@ def test_zoom_keeps_the_geometry(zoom: float) -> None:
 
 
 def test_viewer_without_a_display_says_so(monkeypatch) -> None:
-    from temalign.twin.viewer import ViewerError, run_viewer
+    from temalign_twin.viewer import ViewerError, run_viewer
 
     monkeypatch.delenv("DISPLAY", raising=False)
     twin = Twin(TwinSettings(), SteppedClock(), seed=0)

@@ -27,14 +27,14 @@ import pytest
 
 from temalign.clock import RealClock
 from temalign.config.schema import Settings
-from temalign.estimate.calibration import calibrate
-from temalign.estimate.classical import Calibration, nominal_calibration
+from temalign.estimate.calibration import Calibration, nominal_calibration
 from temalign.estimate.combined import CombinedEstimator
 from temalign.estimate.model_estimator import ModelEstimator
 from temalign.frames import Frame
 from temalign.protocol.errors import Busy
 from temalign.record.journal import Journal
 from temalign.record.state import StateStore
+from temalign.service.calibrate import calibrate
 from temalign.service.cycle import Parts, run_cycle
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.sources import ScreenSource
@@ -97,7 +97,7 @@ def _wait_for_viewer(served: Any, thread: threading.Thread, failed: list[BaseExc
 def live_view(xvfb: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Any], RecordingScreen]]:
     """Factory: `live_view(served)` shows the served twin's live view on Xvfb (run_viewer in a
     thread) and returns a RecordingScreen on its region; the window is closed at teardown."""
-    from temalign.twin.viewer import run_viewer
+    from temalign_twin.viewer import run_viewer
 
     monkeypatch.setenv("DISPLAY", xvfb)
     shown: list[tuple[threading.Event, threading.Thread]] = []

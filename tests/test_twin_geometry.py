@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 
+from temalign import optics
 from temalign.clock import SteppedClock
 from temalign.estimate.spots import measure_spot
-from temalign.twin import optics
-from temalign.twin.model import Twin
-from temalign.twin.render import Beam, Specimen, expected_electrons, render_frame
-from temalign.twin.settings import TwinSettings
+from temalign_twin.model import Twin
+from temalign_twin.render import Beam, Specimen, expected_electrons, render_frame
+from temalign_twin.settings import TwinSettings
 
 PX = 256  # tolerances are in pixels of a 256 px camera
 NO_DRIFT = {"linear_per_hour": (0, 0), "random_walk_per_sqrt_hour": 0, "jump_rate_per_hour": 0,

@@ -7,17 +7,17 @@ import threading
 import numpy as np
 import pytest
 
+from temalign import optics
 from temalign.clock import ScaledClock, SteppedClock
 from temalign.errors import ConfigError
 from temalign.estimate.spots import measure_spot
 from temalign.protocol.errors import InvalidParams, OutOfRange
-from temalign.twin import optics
-from temalign.twin.cli import build_settings, parse_assignment
-from temalign.twin.drift import HOUR_S, Drift, DriftTrack
-from temalign.twin.hardware import Lens, Motor
-from temalign.twin.model import Twin, TwinError
-from temalign.twin.presets import PRESETS
-from temalign.twin.settings import DriftSettings, LensSettings, MotorSettings, TwinSettings
+from temalign_twin.cli import build_settings, parse_assignment
+from temalign_twin.drift import HOUR_S, Drift, DriftTrack
+from temalign_twin.hardware import Lens, Motor
+from temalign_twin.model import Twin, TwinError
+from temalign_twin.presets import PRESETS
+from temalign_twin.settings import DriftSettings, LensSettings, MotorSettings, TwinSettings
 
 QUIET_MOTOR = {"position_noise_units": 0.0}
 NO_DRIFT = {"linear_per_hour": (0, 0), "random_walk_per_sqrt_hour": 0, "jump_rate_per_hour": 0,

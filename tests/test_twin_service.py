@@ -22,9 +22,9 @@ pytest.importorskip("temalign.protocol.server", reason="protocol/server.py (the 
 
 from temalign.clock import SteppedClock
 from temalign.estimate.spots import measure_spot
-from temalign.twin.model import Twin
-from temalign.twin.service import TwinServer
-from temalign.twin.settings import TwinSettings
+from temalign_twin.model import Twin
+from temalign_twin.service import TwinServer
+from temalign_twin.settings import TwinSettings
 
 REPO = Path(__file__).resolve().parents[1]
 CONFORMANCE = REPO.parent / "shared" / "conformance" / "twin-geometry"

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from temalign import optics
 from temalign.clock import ScaledClock
-from temalign.estimate.spots import measure_spot
+from temalign.estimate.spots import measure_spot, measure_stack
+from temalign.estimate.walk import fit_walk
 from temalign.frames import Frame
 from temalign.protocol.errors import ConnectionLost, DeadlineExceeded, HardwareFault, ProtocolError
-from temalign.twin import optics
 from temalign.wobble.c1_memory import RECORD_NAME, C1Memory
 from temalign.wobble.errors import (
     C1RestoreFailed,
@@ -31,7 +32,7 @@ from temalign.wobble.errors import (
     SourceError,
     WobbleError,
 )
-from temalign.wobble.report import describe_walk, fit_walk, measure_stack
+from temalign.wobble.report import describe_walk, is_concentric
 from temalign.wobble.sources import CameraSource
 from temalign.wobble.stack import c1_series, wobble
 
@@ -111,7 +112,7 @@ def test_wobble_steps_c1_waits_and_restores(twin_server, microscope, tmp_path) -
         assert radii[k] == pytest.approx(optics.spot_radius(c, 1.2), rel=0.1)
     assert_c1_back(twin_server, c0)
     assert not (tmp_path / "state" / RECORD_NAME).exists(), "record left behind after a good wobble"
-    assert describe_walk(fit_walk(measure_stack(stack)), 256).startswith("walk: concentric")
+    assert describe_walk(fit_walk(stack), 256, FRACTION).startswith("walk: concentric")
 
 
 def test_chosen_steps_only_and_no_settle_where_c1_did_not_change(twin_server, microscope, tmp_path) -> None:
@@ -158,8 +159,10 @@ def test_misaligned_stack_walks_as_the_geometry_says(twin_server, microscope, tm
     for c, image in zip(stack.c1_values, stack.images, strict=True):
         want = optics.spot_centre(c, 1.2, m)
         assert np.hypot(*(np.array(measure_spot(image).centre) - want)) * 256 < 1.0
-    walk = fit_walk(measure_stack(stack))
-    assert not walk.concentric and walk.amplitude == pytest.approx(1.25 * 0.15, rel=0.05)
+    walk = fit_walk(stack, spots=measure_stack(stack))
+    assert not isinstance(walk, str)
+    assert not is_concentric(walk, FRACTION)
+    assert walk.amplitude(FRACTION) == pytest.approx(1.25 * 0.15, rel=0.05)
 
 
 # ---- invariant 2: every failure, at every step --------------------------------------------------

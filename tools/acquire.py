@@ -363,7 +363,7 @@ def run_command(args: argparse.Namespace) -> int:
 
     chosen = None
     if args.twin is not None:
-        from temalign.twin.presets import preset
+        from temalign_twin.presets import preset
         try:
             chosen = preset(args.twin)
         except KeyError as error:
@@ -380,9 +380,9 @@ def run_command(args: argparse.Namespace) -> int:
     cleanup = contextlib.ExitStack()
     with cleanup:
         if chosen is not None:
-            from temalign.twin.cli import build_settings
-            from temalign.twin.model import Twin
-            from temalign.twin.service import TwinServer
+            from temalign_twin.cli import build_settings
+            from temalign_twin.model import Twin
+            from temalign_twin.service import TwinServer
 
             settings = build_settings(args.twin, None, args.twin_set)
             clock: Any = SteppedClock()

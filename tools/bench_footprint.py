@@ -54,9 +54,9 @@ from temalign.clock import ScaledClock
 from temalign.record.journal import Journal
 from temalign.service.control import ControlError, request
 from temalign.service.cycle import run_cycle
-from temalign.twin.model import Twin
-from temalign.twin.service import TwinServer
-from temalign.twin.settings import TwinSettings
+from temalign_twin.model import Twin
+from temalign_twin.service import TwinServer
+from temalign_twin.settings import TwinSettings
 
 TARGETS = {"own_ms_per_cycle": 100.0, "rss_mb": 200.0, "idle_cpu_percent": 1.0, "startup_s": 2.0}
 INTERVAL_S = 300.0

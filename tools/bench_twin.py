@@ -15,8 +15,8 @@ import numpy as np
 
 from temalign.clock import SteppedClock
 from temalign.estimate.spots import measure_spot
-from temalign.twin.model import Twin
-from temalign.twin.settings import TwinSettings
+from temalign_twin.model import Twin
+from temalign_twin.settings import TwinSettings
 
 
 def bench(size: int, repeats: int, seed: int) -> dict[str, float]:

@@ -15,6 +15,11 @@ class Clock(Protocol):
 
     def sleep(self, seconds: float) -> None: ...
 
+    def wall_seconds(self, seconds: float) -> float:
+        """How long `seconds` of this clock take on the wall clock: what a timer outside the clock
+        (the scheduler's, a deadline) must wait for them."""
+        ...
+
 
 class RealClock:
     """Wall time; `now()` counts from the clock's creation."""
@@ -28,6 +33,9 @@ class RealClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds)
+
+    def wall_seconds(self, seconds: float) -> float:
+        return seconds
 
 
 class ScaledClock:
@@ -46,6 +54,9 @@ class ScaledClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             time.sleep(seconds / self.scale)
+
+    def wall_seconds(self, seconds: float) -> float:
+        return seconds / self.scale
 
 
 class SteppedClock:
@@ -70,6 +81,10 @@ class SteppedClock:
     def sleep(self, seconds: float) -> None:
         if seconds > 0:
             self.advance(seconds)
+
+    def wall_seconds(self, seconds: float) -> float:
+        """A stepped clock has no rate against the wall: its seconds are taken as wall seconds."""
+        return seconds
 
 
 def clock_for_scale(scale: float | None) -> Clock:

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from temalign.clock import ScaledClock, SteppedClock
-from temalign.estimate.classical import nominal_calibration, save_calibration
+from temalign.estimate.calibration import nominal_calibration, save_calibration
 from temalign.estimate.combined import CombinedEstimator
 from temalign.estimate.model_estimator import ModelEstimator
 from temalign.microscope import Position
@@ -36,13 +36,13 @@ from temalign.protocol.tcp_microscope import TcpMicroscope
 from temalign.record.journal import Journal, read_journal
 from temalign.record.state import StateStore, is_paused
 from temalign.service.cycle import CycleResult, Parts, run_cycle
-from temalign.twin.faults import FAULTABLE_METHODS, KINDS
-from temalign.twin.model import Twin
-from temalign.twin.service import TwinServer
-from temalign.twin.settings import TwinSettings
 from temalign.wobble.c1_memory import C1Memory, same_c1
 from temalign.wobble.sources import CameraSource
 from temalign.wobble.stack import STEPS
+from temalign_twin.faults import FAULTABLE_METHODS, KINDS
+from temalign_twin.model import Twin
+from temalign_twin.service import TwinServer
+from temalign_twin.settings import TwinSettings
 
 from .harness import EXPOSURE_S, REPO, SHIPPED_MODEL, settings_for
 

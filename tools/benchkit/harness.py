@@ -19,18 +19,18 @@ import numpy as np
 
 from temalign.clock import SteppedClock
 from temalign.config.schema import Settings
-from temalign.estimate.classical import Calibration, nominal_calibration
+from temalign.estimate.calibration import Calibration, nominal_calibration
 from temalign.estimate.combined import CombinedEstimator
 from temalign.estimate.model_estimator import ModelEstimator
 from temalign.protocol.tcp_microscope import TcpMicroscope
 from temalign.record.journal import Journal
 from temalign.record.state import StateStore
 from temalign.service.cycle import Parts
-from temalign.twin.model import Twin
-from temalign.twin.service import TwinServer
-from temalign.twin.settings import TwinSettings
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.sources import CameraSource
+from temalign_twin.model import Twin
+from temalign_twin.service import TwinServer
+from temalign_twin.settings import TwinSettings
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_MODEL = REPO / "models" / "wobble_physics.tflite"

@@ -4,7 +4,7 @@ designs, or any single-input model with a (dx, dy) output).
 * `twin_set`: stacks of a twin preset (its settings, wobble, c0 and beam shift; drift quiet so the
   label is the truth), misalignments uniform within the preset's radius.
 * `independent_stack` / `independent_set`: a second renderer of twin.md's geometry that shares no
-  rendering code with the twin (only the normative constants of `temalign.twin.optics`).
+  rendering code with the twin (only the normative constants of `temalign.optics`).
 * `evaluate_design`: both kinds of set, preprocessed (default: the runtime's
   `temalign.estimate.preprocess.physics`), predicted with Keras, and scored with `trainkit.metrics`."""
 
@@ -17,7 +17,7 @@ import keras
 import numpy as np
 
 from temalign.estimate.preprocess import physics
-from temalign.twin.optics import D_FOV, RADIUS_MIN, RADIUS_PER_G, THETA0_DEG, THETA_PER_U_DEG, WOBBLE_UNIT
+from temalign.optics import D_FOV, RADIUS_MIN, RADIUS_PER_G, THETA0_DEG, THETA_PER_U_DEG, WOBBLE_UNIT
 from trainkit.metrics import p99_percent, rmse_percent
 from trainkit.own_models import OUTPUT_SCALE
 
@@ -31,10 +31,10 @@ def twin_set(name: str, n: int, seed: int = 7, side: int = 256, display_frames: 
     """`n` stacks (7, side, side) of twin preset `name` (its settings, wobble, c0 = its lens start,
     beam shift) at uniform misalignments within the preset's radius; labels delta = a* - a."""
     from temalign.clock import SteppedClock
-    from temalign.twin import display
-    from temalign.twin.model import Twin
-    from temalign.twin.optics import wobble_values
-    from temalign.twin.presets import preset
+    from temalign.optics import wobble_values
+    from temalign_twin import display
+    from temalign_twin.model import Twin
+    from temalign_twin.presets import preset
 
     p = preset(name)
     st = p.settings()

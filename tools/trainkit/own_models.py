@@ -37,7 +37,7 @@ background removed (about 0 off the disc), any positive per-frame scale, NOT cli
 recommended (the focused spot is then 3 px wide). Its preprocessing is the runtime's
 ``temalign.estimate.preprocess.physics_128`` (numpy only); ``preprocess.standard_128`` is fine on the
 twin but its clip at twice an estimated level merges a halo into the disc on the independent
-renderer (docs/model-design.md). The geometry's constants are ``temalign.twin.optics``'s; the test
+renderer (docs/model-design.md). The geometry's constants are ``temalign.optics``'s; the test
 sets and the evaluation behind the design note are in ``trainkit.evaluation``.
 
 `wobble_physics_known` takes a second input (wobble fraction, c0 / c_f), as the daemon sets them,
@@ -57,7 +57,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
-from temalign.twin.optics import D_FOV, RADIUS_MIN, RADIUS_PER_G, THETA0_DEG, THETA_PER_U_DEG, WOBBLE_UNIT
+from temalign.optics import D_FOV, RADIUS_MIN, RADIUS_PER_G, THETA0_DEG, THETA_PER_U_DEG, WOBBLE_UNIT
 
 try:  # the registry lives in trainkit.models (another module); stay importable without it
     from trainkit.models import register_model as _register

@@ -1,146 +1,162 @@
-"""Measuring the classical estimator's calibration on a live column: two known aperture moves.
+"""The classical estimator's calibration: the 2 x 2 matrix M that maps a misalignment (motor
+units) to the spot's walk (FOV per unit of relative lens change), its file in the state directory,
+and the nominal M of twin.md's geometry (what a twin-trained model's output is expressed in).
 
-Three wobbles: at the start position (walk s0), `step` units along +x (s1) and along +y (s2). The
-walk is linear in the misalignment, so M @ [d1 d2] = [s1 - s0, s2 - s0] with d1, d2 the
-displacements the motor actually made (read back, not assumed). The aperture is a tool's to move
-here (safety.md, "Tools"), so it goes back to where it started whatever ends the calibration; C1
-is the wobble's to restore."""
+M is measured on the column by two known aperture moves (service/calibrate.py)."""
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from temalign.clock import Clock
-from temalign.config.schema import QualitySettings, WobbleSettings
-from temalign.errors import TemalignError
-from temalign.estimate.classical import Calibration, Walk, fit_walk_rho
-from temalign.estimate.quality import assess_stack
-from temalign.microscope import Microscope, Position
-from temalign.wobble.c1_memory import C1Memory
-from temalign.wobble.sources import ImageSource
-from temalign.wobble.stack import wobble
+from temalign import optics
+from temalign.durable import atomic_write
 
-MOTOR_TOLERANCE_UNITS = 5.0
-"""A read-back this far from the target means the motor did not get there (noise 0.5, backlash 2)."""
-MAX_RESIDUAL_FOV = 3.0 / 256
-"""A walk that strays more than 3 px (at 256 px) rms from its fit is not a clean measurement."""
-STEP_RANGE = (10.0, 500.0)
-RETURN_ATTEMPTS = 3
-RETURN_BACKOFF_S = 0.5
+CALIBRATION_NAME = "calibration.json"
+MAX_CONDITION = 20.0
+"""A calibration matrix more ill-conditioned than this amplifies centroid noise along one axis
+past use: a rotation, a mirror and a magnification all have condition 1."""
+SOURCES = ("measured", "nominal (twin.md geometry)")
 
 
-class CalibrationError(TemalignError):
-    """The calibration was refused or failed; the message says why and where the aperture is."""
+Matrix = tuple[tuple[float, float], tuple[float, float]]
 
 
-class ApertureNotRestored(CalibrationError):
-    """The aperture could not be put back where the calibration started: it may be off."""
-
-    exit_status = 3
-
-
-def _reached(microscope: Microscope, target: Position, what: str) -> Position:
-    at = microscope.aperture()
-    if max(abs(at.x - target.x), abs(at.y - target.y)) > MOTOR_TOLERANCE_UNITS:
-        raise CalibrationError(f"{what}: the aperture was sent to ({target.x}, {target.y}) but reads "
-                               f"({at.x}, {at.y}); the motor did not reach its target")
-    return at
-
-
-def _return(microscope: Microscope, start: Position, clock: Clock) -> str | None:
-    """Move back to `start` and check it; None when done, else what went wrong."""
-    problems: list[str] = []
-    for attempt in range(1, RETURN_ATTEMPTS + 1):
-        try:
-            microscope.move_aperture(start)
-            _reached(microscope, start, "return to the start")
-            return None
-        except Exception as error:  # any failure: try again, the client reconnects by itself
-            problems.append(f"attempt {attempt}: {type(error).__name__}: {error}")
-        if attempt < RETURN_ATTEMPTS:
-            clock.sleep(RETURN_BACKOFF_S * attempt)
-    return "; ".join(problems)
-
-
-def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: WobbleSettings,
-              quality_settings: QualitySettings, clock: Clock, memory: C1Memory, step_units: float = 60.0,
-              progress: Callable[[str], None] | None = None) -> Calibration:
-    """Measure M at the present aperture position and C1 (see module doc). Refuses (CalibrationError)
-    on a doubtful stack, a walk that does not fit a line, a motor that does not reach its target
-    or an ill-conditioned matrix. The aperture ends where it started in every case; if it cannot be
-    put back, ApertureNotRestored says where it is."""
-    if not (isinstance(step_units, int | float) and STEP_RANGE[0] <= step_units <= STEP_RANGE[1]):
-        raise CalibrationError(f"step_units must be in [{STEP_RANGE[0]:g}, {STEP_RANGE[1]:g}], "
-                               f"got {step_units!r}")
-    say = progress or (lambda _text: None)
-    step = round(step_units)
-    start = microscope.aperture()
-    c0 = microscope.c1()
-    say(f"calibration at aperture ({start.x}, {start.y}), C1 = {c0:.6g}, steps of {step} units")
-
-    def measure(label: str) -> Walk:
-        stack = wobble(microscope, source, fraction=wobble_settings.fraction,
-                       settle_s=wobble_settings.settle_s, clock=clock, memory=memory,
-                       restore_attempts=wobble_settings.restore_attempts,
-                       saturation_abort_fraction=quality_settings.saturation_abort_fraction)
-        quality = assess_stack(stack, quality_settings)
-        if not quality.ok:
-            raise CalibrationError(f"wobble {label}: doubtful stack ({'; '.join(quality.reasons)})")
-        walk = fit_walk_rho(stack, quality.frame_usable)
-        if isinstance(walk, str):
-            raise CalibrationError(f"wobble {label}: no walk ({walk})")
-        if walk.residual_fov > MAX_RESIDUAL_FOV:
-            raise CalibrationError(f"wobble {label}: the spots stray {walk.residual_fov * 256:.1f} px (at "
-                                   f"256 px) from their fitted walk, above {MAX_RESIDUAL_FOV * 256:.0f} px")
-        say(f"wobble {label}: walk ({walk.slope[0]:+.4f}, {walk.slope[1]:+.4f}) FOV per unit rho, "
-            f"residual {walk.residual_fov * 256:.2f} px")
-        return walk
-
-    walks: list[Walk] = []
-    displacements: list[np.ndarray] = []
-    failure: BaseException | None = None
+def _check_matrix(matrix: Any) -> Matrix:
+    """The matrix as a tuple of tuples of floats; ValueError when malformed, singular or
+    ill-conditioned."""
     try:
-        walks.append(measure("at the start"))
-        for axis, (dx, dy) in (("x", (step, 0)), ("y", (0, step))):
-            target = Position(start.x + dx, start.y + dy)
-            microscope.move_aperture(target)
-            at = _reached(microscope, target, f"step along {axis}")
-            displacements.append(np.array([at.x - start.x, at.y - start.y], dtype=float))
-            walks.append(measure(f"after +{step} units in {axis}"))
-            microscope.move_aperture(start)
-            _reached(microscope, start, f"return after the step along {axis}")
-    except BaseException as error:  # KeyboardInterrupt included: the aperture goes back first
-        failure = error
+        m = np.array(matrix, dtype=float)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"calibration matrix: not a 2x2 array of numbers ({error})") from None
+    if m.shape != (2, 2):
+        raise ValueError(f"calibration matrix: expected 2x2, got shape {m.shape}")
+    if not np.isfinite(m).all():
+        raise ValueError("calibration matrix: holds NaN or infinite values")
+    singular = np.linalg.svd(m, compute_uv=False)
+    if singular[1] <= 0.0 or singular[0] / singular[1] > MAX_CONDITION:
+        cond = math.inf if singular[1] <= 0.0 else singular[0] / singular[1]
+        raise ValueError(f"calibration matrix is singular or ill-conditioned (condition number {cond:.3g}, "
+                         f"limit {MAX_CONDITION:g}): the two calibration moves did not give independent "
+                         "walks; measure the calibration again")
+    return ((float(m[0, 0]), float(m[0, 1])), (float(m[1, 0]), float(m[1, 1])))
 
-    problem = _return(microscope, start, clock)
-    if problem is not None:
-        what = f"the calibration failed ({type(failure).__name__}: {failure}) and " if failure else ""
-        raise ApertureNotRestored(f"{what}the aperture could not be put back to ({start.x}, {start.y}): "
-                                  f"{problem}. Check it and move it back by hand") from failure
-    if failure is not None:
-        if isinstance(failure, CalibrationError):
-            raise CalibrationError(f"{failure}; aperture back at ({start.x}, {start.y})") from failure
-        raise failure
-    say(f"aperture back at ({start.x}, {start.y})")
 
-    walk_change = np.column_stack([walks[1].slope - walks[0].slope, walks[2].slope - walks[0].slope])
-    moves = np.column_stack(displacements)
-    if abs(np.linalg.det(moves)) < 0.25 * step * step:
-        raise CalibrationError(f"the two moves {displacements[0].tolist()} and {displacements[1].tolist()} "
-                               "are not independent; the motor does not move as commanded")
-    matrix = walk_change @ np.linalg.inv(moves)
+def _finite(name: str, value: Any, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"calibration {name}: expected a finite number, got {value!r}")
+    if positive and value <= 0:
+        raise ValueError(f"calibration {name}: expected a number > 0, got {value!r}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """slope = M @ (a - a*): M maps motor units of misalignment to the spot's walk, FOV per unit rho
+    (rho_k = c_k / c0 - 1). Valid around C1 = `c1`; `wobble_fraction` is the wobble it was measured
+    with; `residual_fov` the worst straight-line residual of the measuring wobbles."""
+
+    matrix: Matrix
+    wobble_fraction: float
+    c1: float
+    measured_at: str
+    source: str
+    residual_fov: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "matrix", _check_matrix(self.matrix))
+        _finite("wobble_fraction", self.wobble_fraction, positive=True)
+        _finite("c1", self.c1, positive=True)
+        _finite("residual_fov", self.residual_fov)
+        if not isinstance(self.measured_at, str) or not self.measured_at:
+            raise ValueError(f"calibration measured_at: expected an ISO time, got {self.measured_at!r}")
+        if self.source not in SOURCES:
+            raise ValueError(f"calibration source: expected one of {SOURCES}, got {self.source!r}")
+
+    @property
+    def array(self) -> np.ndarray:
+        return np.array(self.matrix, dtype=float)
+
+    def to_json(self) -> dict:
+        return {"matrix": [list(row) for row in self.matrix], "wobble_fraction": self.wobble_fraction,
+                "c1": self.c1, "measured_at": self.measured_at, "source": self.source,
+                "residual_fov": self.residual_fov}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Calibration:
+        """Parse what `to_json` wrote; ValueError naming the bad or missing field."""
+        if not isinstance(data, dict):
+            raise ValueError(f"calibration: expected a JSON object, got {type(data).__name__}")
+        missing = [k for k in ("matrix", "wobble_fraction", "c1", "measured_at", "source") if k not in data]
+        if missing:
+            raise ValueError(f"calibration: missing field(s) {', '.join(missing)}")
+        unknown = sorted(set(data) - {"matrix", "wobble_fraction", "c1", "measured_at", "source",
+                                      "residual_fov"})
+        if unknown:
+            raise ValueError(f"calibration: unknown field(s) {', '.join(unknown)}")
+        matrix = data["matrix"]
+        if (not isinstance(matrix, list) or len(matrix) != 2
+                or not all(isinstance(row, list) and len(row) == 2 for row in matrix)):
+            raise ValueError(f"calibration matrix: expected [[a, b], [c, d]], got {matrix!r}")
+        for row in matrix:
+            for v in row:
+                _finite("matrix", v)
+        return cls(matrix=(tuple(matrix[0]), tuple(matrix[1])),  # type: ignore[arg-type]
+                   wobble_fraction=data["wobble_fraction"], c1=data["c1"], measured_at=data["measured_at"],
+                   source=data["source"], residual_fov=data.get("residual_fov", 0.0))
+
+
+def save_calibration(state_dir: str | Path, calibration: Calibration) -> Path:
+    """Write `state_dir/calibration.json` atomically (a kill leaves the old file or the new one)."""
+    path = Path(state_dir) / CALIBRATION_NAME
+    text = json.dumps(calibration.to_json(), indent=2) + "\n"
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+    return path
+
+
+def load_calibration(state_dir: str | Path) -> Calibration | None:
+    """The saved calibration; None when there is none; ValueError (naming the file) when corrupt."""
+    path = Path(state_dir) / CALIBRATION_NAME
     try:
-        calibration = Calibration(matrix=matrix.tolist(), wobble_fraction=wobble_settings.fraction,  # type: ignore[arg-type]
-                                  c1=c0, measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                                  source="measured", residual_fov=max(w.residual_fov for w in walks))
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot be read ({error})") from error
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); measure the calibration again "
+                         "(temalign calibrate) or remove the file") from error
+    try:
+        return Calibration.from_json(data)
     except ValueError as error:
-        raise CalibrationError(f"refused: {error}") from error
-    scale = math.sqrt(abs(np.linalg.det(matrix)))
-    angle = math.degrees(math.atan2(matrix[1, 0] - matrix[0, 1], matrix[0, 0] + matrix[1, 1]))
-    say(f"calibration: |M| = {scale:.5f} FOV per unit rho per motor unit, rotation {angle:+.1f} deg, "
-        f"{'mirrored' if np.linalg.det(matrix) < 0 else 'not mirrored'}")
-    return calibration
+        raise ValueError(f"{path}: {error}") from error
+
+
+def nominal_calibration(c0_over_cf: float = 1.0, wobble_fraction: float = 0.03,
+                        c1: float = 1.2) -> Calibration:
+    """M of twin.md's geometry, for the wobble c_k = c0 (1 + w (k - 3) / 3) around c0 = c0_over_cf c_f.
+
+    p_k = g_k D R(theta(u_k)) m / 1000 with u_k = (c0/c_f)(1 + rho_k) - 1, g_k = u_k / 0.03. The
+    straight-line slope over the wobble is linear in m, so M is that slope taken exactly, frame by
+    frame: sum_k (rho_k - mean) g_k D R(theta(u_k)) / 1000 / sum_k (rho_k - mean)^2. To first order
+    M = (c0/c_f) / 0.03 * D * R(theta(c0/c_f - 1)) / 1000, plus the (c0/c_f - 1) * dtheta/du turn of
+    an uncentred wobble, which is why it is computed rather than written down."""
+    ratio = _finite("c0_over_cf", c0_over_cf, positive=True)
+    rho = optics.wobble_values(1.0, wobble_fraction) - 1.0
+    centred = rho - rho.mean()
+    total = np.zeros((2, 2))
+    for r, weight in zip(rho, centred, strict=True):
+        u = ratio * (1.0 + r) - 1.0
+        total += weight * (u / optics.WOBBLE_UNIT) * optics.D_FOV * optics.rotation(optics.larmor_angle(u))
+    matrix = total / 1000.0 / float(np.sum(centred**2))
+    return Calibration(matrix=matrix.tolist(), wobble_fraction=wobble_fraction, c1=c1,  # type: ignore[arg-type]
+                       measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                       source="nominal (twin.md geometry)")

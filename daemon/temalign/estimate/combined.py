@@ -14,13 +14,8 @@ from dataclasses import dataclass
 
 from temalign.config.schema import EstimatorSettings, QualitySettings
 from temalign.errors import TemalignError
-from temalign.estimate.classical import (
-    Calibration,
-    ClassicalEstimate,
-    classical_estimate,
-    nominal_calibration,
-    remap,
-)
+from temalign.estimate.calibration import Calibration, nominal_calibration
+from temalign.estimate.classical import ClassicalEstimate, classical_estimate, remap
 from temalign.estimate.model_estimator import ModelError, ModelEstimator
 from temalign.estimate.quality import StackQuality, assess_stack
 from temalign.frames import WobbleStack

@@ -8,7 +8,7 @@ quarters of the disc's level (so the edge contributes sub-pixel information and 
 does not), its centroid and area. A disc cut by the detector's border is measured by a circle fitted to its
 visible edge, which also gives the fraction on the detector.
 
-Coordinates follow twin/optics.py: FOV, origin at the image centre, x right, y down, 1.0 = width,
+Coordinates follow temalign/optics.py: FOV, origin at the image centre, x right, y down, 1.0 = width,
 pixel (i, j) centred at ((j + 0.5) / W - 0.5, (i + 0.5) / W - 0.5 H / W)."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from temalign.frames import WobbleStack
 
 MAX_SIDE = 1024
 """Larger frames are binned to at most this many pixels a side first (plenty for the geometry)."""
@@ -244,3 +246,8 @@ def _measure(img: np.ndarray, k: int, shape: tuple[int, ...]) -> Spot:
     y = (row + 0.5) / width - 0.5 * height / width
     return Spot(True, (x, y), radius_px * k / width, total, on_detector, saturated, background, noise,
                 level, truncated)
+
+
+def measure_stack(stack: WobbleStack) -> list[Spot]:
+    """The spot of each frame of a stack."""
+    return [measure_spot(image) for image in stack.images]

@@ -11,14 +11,12 @@ from __future__ import annotations
 import contextlib
 import hmac
 import logging
-import math
 import selectors
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -40,45 +38,26 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[dict[str, Any]], Any]
 
-GARBAGE_LINE = b'{"jsonrpc":"2.0","result":{"x": 1, \x00 this is not JSON\n'
-_ACTIONS = ("drop", "silence", "delay", "garbage", "error")
 _JOIN_TIMEOUT_S = 5.0
 _LINGER_S = 0.5
 _LINGER_BYTES = 1 << 20
 
 
-@dataclass(frozen=True)
-class Intercept:
-    """What a fault injector asks the transport to do with one request.
-
-    drop: close the connection, no reply, handler not called. silence: no reply, handler not
-    called, the connection keeps reading. delay: wait `seconds` (wall) then handle and reply
-    normally. garbage: a line that is not JSON instead of the reply, handler not called. error:
-    `error` as the reply, handler not called."""
-
-    action: Literal["drop", "silence", "delay", "garbage", "error"]
-    seconds: float = 0.0
-    error: RemoteError | None = None
-
-    def __post_init__(self) -> None:
-        if self.action not in _ACTIONS:
-            raise ValueError(f"intercept action must be one of {_ACTIONS}, got {self.action!r}")
-        if not (isinstance(self.seconds, int | float) and math.isfinite(self.seconds) and self.seconds >= 0):
-            raise ValueError(f"intercept seconds must be a finite number >= 0, got {self.seconds!r}")
-        if self.action == "error" and not isinstance(self.error, RemoteError):
-            raise ValueError("an 'error' intercept needs error=RemoteError(...)")
+class DropConnection(Exception):
+    """Raised by a handler or `before_call`: close this connection now, without replying."""
 
 
-class _Drop(Exception):
-    """Close this connection now, without replying."""
+class NoReply(Exception):
+    """Raised by a handler or `before_call`: send nothing for this request; keep reading."""
 
 
-class _Silence(Exception):
-    """Send nothing for this request."""
+class RawReply(Exception):
+    """Raised by a handler or `before_call`: send `line` (bytes, ending in a newline) instead of
+    the reply, whatever it holds."""
 
-
-class _Garbage(Exception):
-    """Send a line that is not JSON instead of the reply."""
+    def __init__(self, line: bytes) -> None:
+        super().__init__("raw reply")
+        self.line = line
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -109,13 +88,14 @@ class ProtocolServer:
 
     `limits` is the hello reply's `limits` (or a callable asked at each hello). `token`, when set,
     must come with hello before anything else on a connection. `interceptor(method, params)` is
-    asked about every request but hello (after auth) and may return an `Intercept`. The listening
-    socket is bound here, so `address` is known before `start()`."""
+    `before_call` is asked about every request but hello (after auth): a subclass may refuse it
+    (RemoteError) or end the exchange (DropConnection, NoReply, RawReply), as the twin's fault
+    injection does (temalign_twin.faulty_server). The listening socket is bound here, so `address`
+    is known before `start()`."""
 
     def __init__(self, methods: Mapping[str, Handler], *, server_name: str,
                  limits: Callable[[], dict] | dict, capabilities: Sequence[str] = (),
                  token: str | None = None,
-                 interceptor: Callable[[str, dict], Intercept | None] | None = None,
                  host: str = "127.0.0.1", port: int = 0, max_line_bytes: int = MAX_LINE_BYTES,
                  max_connections: int = 64) -> None:
         if "hello" in methods:
@@ -140,7 +120,6 @@ class ProtocolServer:
         self._limits = limits
         self._capabilities = list(capabilities)
         self._token = token
-        self._interceptor = interceptor
         self.max_line_bytes = max_line_bytes
         self.max_connections = max_connections
 
@@ -291,7 +270,7 @@ class ProtocolServer:
                 reply = self._handle_line(line, state)
                 if reply is not None:
                     sock.sendall(reply)
-        except _Drop:
+        except DropConnection:
             return
         except OSError as error:
             if not self._closing.is_set():
@@ -325,7 +304,7 @@ class ProtocolServer:
     # ---- one request -------------------------------------------------------------------------
 
     def _handle_line(self, line: bytes, state: dict[str, bool]) -> bytes | None:
-        """The reply line for one request line (None: no reply). Raises _Drop to close."""
+        """The reply line for one request line (None: no reply). Raises DropConnection to close."""
         try:
             request = decode(line)
         except BadJson as error:
@@ -357,12 +336,12 @@ class ProtocolServer:
             result = self._dispatch(method, params, state)
         except RemoteError as error:
             return self._encode({"jsonrpc": "2.0", "id": request_id, "error": error.to_json()})
-        except _Drop:
+        except DropConnection:
             raise
-        except _Silence:
+        except NoReply:
             return None
-        except _Garbage:
-            return GARBAGE_LINE
+        except RawReply as raw:
+            return raw.line
         except Exception as error:
             log.exception("protocol server: %s failed", _short(method))
             return self._encode(_error(request_id, INTERNAL_ERROR,
@@ -389,10 +368,7 @@ class ProtocolServer:
             return self._hello(params, state)
         if not state["authenticated"]:
             raise RemoteError("unauthorised: call hello with the token first", code=UNAUTHORISED)
-        if self._interceptor is not None:
-            intercept = self._interceptor(method, params)
-            if intercept is not None:
-                self._perform(intercept)
+        self.before_call(method, params)
         handler = self._methods.get(method)
         if handler is None:
             raise RemoteError(f"no such method: {_short(method)}", code=METHOD_NOT_FOUND)
@@ -404,21 +380,12 @@ class ProtocolServer:
                 raise RemoteError(f"{method}: {messages.describe(error)}", code=INVALID_PARAMS) from None
         return handler(params)
 
-    def _perform(self, intercept: Intercept) -> None:
-        """Carry out an intercept: return to handle normally, or raise what replaces the reply."""
-        if not isinstance(intercept, Intercept):
-            raise TypeError(f"the interceptor returned {type(intercept).__name__}, not an Intercept")
-        if intercept.action == "drop":
-            raise _Drop()
-        if intercept.action == "silence":
-            raise _Silence()
-        if intercept.action == "garbage":
-            raise _Garbage()
-        if intercept.action == "error":
-            assert intercept.error is not None
-            raise intercept.error
-        if self._closing.wait(intercept.seconds):
-            raise _Drop()
+    def before_call(self, method: str, params: dict[str, Any]) -> None:
+        """Called before every request but hello, once authenticated; the core does nothing here."""
+
+    def closing_wait(self, seconds: float) -> bool:
+        """Wait `seconds` (wall time) unless the server closes first; True when it is closing."""
+        return self._closing.wait(seconds)
 
     def _hello(self, params: dict[str, Any], state: dict[str, bool]) -> dict[str, Any]:
         try:

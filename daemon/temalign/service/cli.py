@@ -230,7 +230,7 @@ def describe_calibration(cal: dict[str, Any]) -> str:
     """The matrix and what it says about the camera: rotation, scale, mirroring, against twin.md's."""
     import numpy as np
 
-    from temalign.estimate.classical import Calibration, nominal_calibration
+    from temalign.estimate.calibration import Calibration, nominal_calibration
 
     measured = Calibration.from_json(cal).array
     nominal = nominal_calibration(wobble_fraction=float(cal["wobble_fraction"])).array
@@ -258,10 +258,10 @@ def calibrate(args: argparse.Namespace) -> int:
 
 def _calibrate_directly(settings: Any, step: float) -> dict[str, Any]:
     from temalign.clock import RealClock
-    from temalign.estimate.calibration import calibrate as measure
-    from temalign.estimate.classical import save_calibration
+    from temalign.estimate.calibration import save_calibration
     from temalign.protocol.errors import ProtocolError
     from temalign.protocol.tcp_microscope import TcpMicroscope
+    from temalign.service.calibrate import calibrate as measure
     from temalign.wobble.c1_memory import C1Memory
     from temalign.wobble.cli import describe_protocol_error
     from temalign.wobble.sources import source_from_settings

@@ -18,6 +18,7 @@ from temalign.config.schema import Settings
 from temalign.decide.envelope import Decision, FailureCounter, RateLedger, decide, is_worse, motor_fault
 from temalign.estimate.classical import ClassicalEstimate, classical_estimate
 from temalign.estimate.combined import CombinedEstimator, Measurement
+from temalign.estimate.spots import measure_stack
 from temalign.frames import WobbleStack
 from temalign.microscope import Microscope, Position
 from temalign.protocol.errors import ProtocolError
@@ -25,7 +26,6 @@ from temalign.record.journal import Journal
 from temalign.record.state import RunState, StateStore, is_paused
 from temalign.wobble.c1_memory import C1Memory, same_c1
 from temalign.wobble.errors import C1RestoreFailed, LensDidNotTake, SourceError, WobbleError
-from temalign.wobble.report import measure_stack
 from temalign.wobble.sources import ImageSource
 from temalign.wobble.stack import wobble
 

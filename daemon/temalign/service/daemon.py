@@ -24,7 +24,7 @@ import structlog
 from temalign.clock import Clock, RealClock
 from temalign.config.schema import Settings
 from temalign.errors import ConfigError, TemalignError
-from temalign.estimate.classical import load_calibration
+from temalign.estimate.calibration import load_calibration
 from temalign.estimate.combined import CombinedEstimator
 from temalign.estimate.model_estimator import ModelEstimator, check_compatible
 from temalign.microscope import Microscope
@@ -121,7 +121,6 @@ class Daemon:
 
     def _rebuild_ledger(self, entries: int = 5000) -> None:
         """The last hour's moves from the journal, so a restart does not reset the rate limit."""
-        scale = float(getattr(self.clock, "scale", 1.0))
         now_wall, now_clock = self.wall(), self.clock.now()
         origins: dict[int, Any] = {}
         for e in self.journal.tail(entries):
@@ -138,7 +137,7 @@ class Daemon:
                     continue
                 age = now_wall - when
                 if 0 <= age < 3600.0:
-                    self.parts.ledger.add(now_clock - age * scale, length)
+                    self.parts.ledger.add(now_clock - age / self.clock.wall_seconds(1.0), length)
 
     def _settle_last_position(self) -> str | None:
         """A process killed after a move but before its cycle ended left `last_position` at the old
@@ -195,13 +194,13 @@ class Daemon:
         from apscheduler.schedulers.background import BackgroundScheduler
         from apscheduler.triggers.interval import IntervalTrigger
 
-        scale = float(getattr(self.clock, "scale", 1.0))
+        wall = self.clock.wall_seconds
         sch = self.settings.schedule
         self._scheduler = BackgroundScheduler(timezone="UTC")
-        self._scheduler.add_job(self._scheduled, IntervalTrigger(seconds=sch.interval_s / scale,
-                                                                 jitter=sch.jitter_s / scale or None),
+        self._scheduler.add_job(self._scheduled, IntervalTrigger(seconds=wall(sch.interval_s),
+                                                                 jitter=wall(sch.jitter_s) or None),
                                 id="cycle", max_instances=1, coalesce=True,
-                                next_run_time=datetime.now(UTC) + timedelta(seconds=1.0 / scale))
+                                next_run_time=datetime.now(UTC) + timedelta(seconds=wall(1.0)))
         self._scheduler.start()
 
     def _plan_at(self, delay_s: float) -> None:
@@ -210,9 +209,8 @@ class Daemon:
 
         if self._scheduler is None or self._stop.is_set():
             return
-        scale = float(getattr(self.clock, "scale", 1.0))
         jitter = random.uniform(0.0, self.settings.schedule.jitter_s)
-        when = datetime.now(UTC) + timedelta(seconds=(delay_s + jitter) / scale)
+        when = datetime.now(UTC) + timedelta(seconds=self.clock.wall_seconds(delay_s + jitter))
         with contextlib.suppress(JobLookupError):
             self._scheduler.modify_job("cycle", next_run_time=when)
 
@@ -372,8 +370,8 @@ class Daemon:
 
     def calibrate(self, step_units: float = 60.0) -> dict[str, Any]:
         """Measure and store the 2 x 2 calibration between cycles (never during one)."""
-        from temalign.estimate.calibration import calibrate
-        from temalign.estimate.classical import save_calibration
+        from temalign.estimate.calibration import save_calibration
+        from temalign.service.calibrate import calibrate
 
         s = self.settings
         with self._lock:
@@ -441,9 +439,9 @@ class Daemon:
         if self._scheduler is not None and merged.schedule != old.schedule:
             from apscheduler.triggers.interval import IntervalTrigger
 
-            scale = float(getattr(self.clock, "scale", 1.0))
+            wall = self.clock.wall_seconds
             self._scheduler.reschedule_job("cycle", trigger=IntervalTrigger(
-                seconds=merged.schedule.interval_s / scale, jitter=merged.schedule.jitter_s / scale or None))
+                seconds=wall(merged.schedule.interval_s), jitter=wall(merged.schedule.jitter_s) or None))
         notes = ["reloaded: wobble, quality, safety, schedule, logging and the estimator's thresholds"]
         if kept:
             notes.append("kept until a restart: " + ", ".join(sorted(kept)))

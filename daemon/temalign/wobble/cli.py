@@ -83,10 +83,12 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     from temalign.clock import RealClock
+    from temalign.estimate.spots import measure_stack
+    from temalign.estimate.walk import fit_walk
     from temalign.protocol.errors import ProtocolError
     from temalign.protocol.tcp_microscope import TcpMicroscope
     from temalign.wobble.c1_memory import C1Memory
-    from temalign.wobble.report import describe_walk, fit_walk, measure_stack, spot_table
+    from temalign.wobble.report import describe_walk, spot_table
     from temalign.wobble.sources import source_from_settings
     from temalign.wobble.stack import wobble
 
@@ -117,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{width}x{height} frames, C1 before {stack.c1_before:.6g} (put back):")
     for line in spot_table(stack, spots):
         print(line)
-    print(describe_walk(fit_walk(spots), width))
+    print(describe_walk(fit_walk(stack, spots=spots), width, stack.wobble_fraction))
     if args.save is not None:
         save_stack(args.save, stack)
         print(f"saved {args.save}")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from temalign.twin.settings import LensSettings, MotorSettings
+from temalign_twin.settings import LensSettings, MotorSettings
 
 STREAM_MOTOR = 11
 

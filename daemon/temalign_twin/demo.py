@@ -194,14 +194,14 @@ def run(args: argparse.Namespace) -> int:
 def _session(args: argparse.Namespace, session: Session) -> None:
     from temalign.clock import ScaledClock
     from temalign.config.schema import Settings
-    from temalign.estimate.calibration import calibrate
-    from temalign.estimate.classical import save_calibration
+    from temalign.estimate.calibration import save_calibration
     from temalign.protocol.tcp_microscope import TcpMicroscope
-    from temalign.twin.model import Twin
-    from temalign.twin.service import TwinServer
-    from temalign.twin.settings import TwinSettings
+    from temalign.service.calibrate import calibrate
     from temalign.wobble.c1_memory import C1Memory
     from temalign.wobble.sources import CameraSource
+    from temalign_twin.model import Twin
+    from temalign_twin.service import TwinServer
+    from temalign_twin.settings import TwinSettings
 
     live = Live()
     clock = ScaledClock(args.scale)

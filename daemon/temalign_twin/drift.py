@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from temalign.twin.settings import DriftSettings
+from temalign_twin.settings import DriftSettings
 
 HOUR_S = 3600.0
 BLOCK_S = 3600.0

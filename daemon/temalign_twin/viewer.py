@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from temalign.errors import TemalignError
-from temalign.twin.display import to_display, zoom_nearest
-from temalign.twin.settings import DisplaySettings
+from temalign_twin.display import to_display, zoom_nearest
+from temalign_twin.settings import DisplaySettings
 
 TITLE = "temalign twin: live view"
 

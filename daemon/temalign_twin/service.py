@@ -1,8 +1,8 @@
 """The twin on TCP: protocol v1 (docs/protocol.md) plus the twin.* methods tests and benchmarks use.
 
-The protocol core (protocol/server.py) handles framing, hello, the token and the params of the v1
-methods; this module maps each method to the `Twin` and turns transport faults into the core's
-intercepts. The twin.* handlers validate their own params."""
+The protocol core (temalign.protocol.server) handles framing, hello, the token and the params of
+the v1 methods; this module maps each method to the `Twin` and turns its transport faults into
+intercepts of the fault-injecting server (faulty_server). The twin.* handlers validate their own params."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from typing import Any
 
 from temalign.protocol.errors import Busy, InvalidParams, RemoteError, remote_error
 from temalign.protocol.messages import encode_frame
-from temalign.twin.faults import Fault
-from temalign.twin.model import Twin, TwinError
+from temalign_twin.faults import Fault
+from temalign_twin.faulty_server import FaultInjectingServer, Intercept
+from temalign_twin.model import Twin, TwinError
 
 SERVER_NAME = "temalign-twin"
 TWIN_METHODS = ("twin.truth", "twin.advance", "twin.fault", "twin.clear_faults", "twin.configure",
@@ -49,12 +50,10 @@ class TwinServer:
 
     def __init__(self, twin: Twin, *, host: str = "127.0.0.1", port: int = 0,
                  token: str | None = None) -> None:
-        from temalign.protocol.server import ProtocolServer
-
         self.twin = twin
-        self._server = ProtocolServer(self.methods(), server_name=SERVER_NAME, limits=twin.limits,
-                                      capabilities=CAPABILITIES, token=token, interceptor=self._intercept,
-                                      host=host, port=port)
+        self._server = FaultInjectingServer(self.methods(), server_name=SERVER_NAME, limits=twin.limits,
+                                            capabilities=CAPABILITIES, token=token,
+                                            interceptor=self._intercept, host=host, port=port)
 
     @property
     def address(self) -> tuple[str, int]:
@@ -141,13 +140,11 @@ class TwinServer:
             "twin.viewer": viewer,
         }
 
-    def _intercept(self, method: str, params: dict[str, Any]) -> Any:
+    def _intercept(self, method: str, params: dict[str, Any]) -> Intercept | None:
         fault = self.twin.take_transport_fault(method)
         return None if fault is None else self._as_intercept(fault, method)
 
-    def _as_intercept(self, fault: Fault, method: str) -> Any:
-        from temalign.protocol.server import Intercept
-
+    def _as_intercept(self, fault: Fault, method: str) -> Intercept:
         if fault.kind == "drop":
             return Intercept("drop")
         if fault.kind == "slow":

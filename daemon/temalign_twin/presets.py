@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from temalign.twin.settings import TwinSettings
+from temalign_twin.settings import TwinSettings
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from temalign.twin.optics import RADIUS_MIN, pixel_to_fov
-from temalign.twin.settings import TwinSettings
+from temalign.optics import RADIUS_MIN, pixel_to_fov
+from temalign_twin.settings import TwinSettings
 
 STREAM_TEXTURE = 21
 STREAM_HOT = 22

@@ -80,8 +80,8 @@ def build_settings(preset_name: str, settings_file: Path | None, assignments: li
     """TwinSettings from defaults, a preset, a YAML file and --set overrides (in that order)."""
     from pydantic import ValidationError
 
-    from temalign.twin.presets import preset
-    from temalign.twin.settings import TwinSettings
+    from temalign_twin.presets import preset
+    from temalign_twin.settings import TwinSettings
 
     try:
         chosen = preset(preset_name)
@@ -131,9 +131,9 @@ def run(args: argparse.Namespace) -> int:
     import threading
 
     from temalign.clock import clock_for_scale
-    from temalign.twin.model import Twin
-    from temalign.twin.presets import PRESETS
-    from temalign.twin.service import TwinServer
+    from temalign_twin.model import Twin
+    from temalign_twin.presets import PRESETS
+    from temalign_twin.service import TwinServer
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be 0..65535, got {args.port}")
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"temalign-twin listening on {host}:{port} (seed {seed}, time scale {args.time_scale:g})",
               flush=True)
         if args.viewer:
-            from temalign.twin.viewer import run_viewer
+            from temalign_twin.viewer import run_viewer
 
             run_viewer(twin, settings.display, position=position, stop_event=stop)
         else:

@@ -14,14 +14,14 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from temalign.clock import Clock, ScaledClock, SteppedClock
+from temalign import optics
+from temalign.clock import Clock, SteppedClock
 from temalign.protocol.errors import InvalidParams, OutOfRange
-from temalign.twin import optics
-from temalign.twin.drift import DriftTrack
-from temalign.twin.faults import Fault, FaultBoard, parse_fault
-from temalign.twin.hardware import Lens, Motor
-from temalign.twin.render import Beam, Specimen, render_frame
-from temalign.twin.settings import TwinSettings
+from temalign_twin.drift import DriftTrack
+from temalign_twin.faults import Fault, FaultBoard, parse_fault
+from temalign_twin.hardware import Lens, Motor
+from temalign_twin.render import Beam, Specimen, render_frame
+from temalign_twin.settings import TwinSettings
 
 STREAM_NOISE = 31
 STREAM_LIVE = 32
@@ -209,9 +209,7 @@ class Twin:
 
     def wall_seconds(self, twin_seconds: float) -> float:
         """Wall time that `twin_seconds` of twin time take on this clock (stepped: taken as wall)."""
-        if isinstance(self.clock, ScaledClock):
-            return twin_seconds / self.clock.scale
-        return twin_seconds
+        return self.clock.wall_seconds(twin_seconds)
 
     def inject(self, kind: str, **params: Any) -> dict[str, Any]:
         """Start a fault (faults.py lists kinds and parameters); a `jump` happens at once."""

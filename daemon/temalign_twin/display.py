@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from temalign.twin.settings import DisplaySettings
+from temalign_twin.settings import DisplaySettings
 
 PERCENTILE_SAMPLES = 1 << 18
 """Auto-contrast reads its percentiles from at most this many pixels (evenly strided): a 4096 px
