@@ -36,8 +36,9 @@ data/%.npz: | $(VENV)/.dev-installed
 
 # The shipped model (docs/models.md): wobble_physics calibrated on the twin's N 10/13 (5 seeded runs,
 # the best kept), converted to float32 .tflite with its card ("frames": "any": bench-model measures it
-# on the 8-bit display path too); then checked against issue 3's targets.
-SHIPPED := models/wobble_physics.tflite
+# on the 8-bit display path too); then checked against issue 3's targets. It is package data
+# (temalign.shipped): the wheel carries it, a config names it `wobble_physics`.
+SHIPPED := daemon/temalign/models/wobble_physics.tflite
 model: data/n10.npz data/n13.npz | $(VENV)/.dev-installed
 	$(BIN)/python tools/train.py --data data/n10.npz data/n13.npz --model wobble_physics \
 	  --preprocess temalign.estimate.preprocess:physics_128 --label truth --scaling fixed \

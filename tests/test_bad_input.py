@@ -44,15 +44,16 @@ from temalign.protocol.errors import ProtocolError
 from temalign.protocol.messages import encode_frame
 from temalign.protocol.tcp_microscope import TcpMicroscope
 from temalign.record.journal import Journal
-from temalign.record.metrics import CYCLE_OUTCOMES
+from temalign.record.result import OUTCOMES as CYCLE_OUTCOMES
+from temalign.record.result import CycleResult
 from temalign.record.state import StateStore
-from temalign.service.cycle import CycleResult, Parts, run_cycle
+from temalign.service.cycle import Parts, run_cycle
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.sources import CameraSource
 from temalign_twin.model import Twin
 from temalign_twin.settings import TwinSettings
 
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "wobble_physics.tflite"
+SHIPPED = Path(__file__).resolve().parents[1] / "daemon" / "temalign" / "models" / "wobble_physics.tflite"
 QUIET = {"drift": {"linear_per_hour": (0, 0), "random_walk_per_sqrt_hour": 0, "jump_rate_per_hour": 0,
                    "beam_shift_linear_per_hour": (0, 0), "beam_shift_random_walk_per_sqrt_hour": 0}}
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

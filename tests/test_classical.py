@@ -16,6 +16,7 @@ import pytest
 from temalign import optics
 from temalign.clock import SteppedClock
 from temalign.config.schema import QualitySettings
+from temalign.decide.stack import wide_frames
 from temalign.estimate.calibration import (
     CALIBRATION_NAME,
     Calibration,
@@ -24,7 +25,7 @@ from temalign.estimate.calibration import (
     save_calibration,
 )
 from temalign.estimate.classical import classical_estimate, remap
-from temalign.estimate.quality import assess_stack, wide_frames
+from temalign.estimate.quality import assess_stack
 from temalign.frames import WobbleStack
 from temalign_twin.model import Twin
 from temalign_twin.settings import TwinSettings

@@ -1,13 +1,15 @@
 """temalign.yaml: the shipped file, every kind of bad file (one clear message, exit 2), strictness,
-path resolution, the token file, the --microscope override, and fuzzing that finds nothing but
-Settings or ConfigError."""
+path resolution, the model (a shipped name or a path; `config check` opens it and its card), the token
+file, the --microscope override, and fuzzing that finds nothing but Settings or ConfigError."""
 
 from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -22,13 +24,15 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import temalign.cli
+from temalign import shipped
 from temalign.config import loader
 from temalign.config.loader import apply_overrides, leaf_keys, load_config, parse_config
 from temalign.config.schema import Settings
 from temalign.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "config" / "temalign.yaml"
+SHIPPED = shipped.config_path()
+SHIPPED_MODEL = shipped.model_path("wobble_physics")
 DOCS = REPO / "docs" / "configuration.md"
 MINIMAL = "microscope:\n  address: '127.0.0.1:7801'\n"
 
@@ -89,6 +93,15 @@ def test_shipped_file_has_every_key_each_with_a_comment() -> None:
             assert lines[i - 1].lstrip().startswith("#"), f"no comment above {line.strip()!r}"
 
 
+def test_the_shipped_config_is_package_data_and_the_checkout_links_to_it() -> None:
+    assert SHIPPED == REPO / "daemon" / "temalign" / "config" / "temalign.yaml" and SHIPPED.is_file()
+    link = REPO / "config" / "temalign.yaml"
+    assert link.is_symlink() and not os.path.isabs(os.readlink(link))
+    assert link.resolve() == SHIPPED.resolve()
+    assert not (REPO / "models").exists(), "the models ship inside the package: temalign/models/"
+    assert "model: wobble_physics\n" in SHIPPED.read_text(encoding="utf-8")
+
+
 def test_docs_describe_every_key() -> None:
     text = DOCS.read_text(encoding="utf-8")
     missing = [key for key in leaf_keys() if f"`{key}`" not in text]
@@ -102,9 +115,26 @@ def test_default_path_prefers_etc_then_shipped(tmp_path: Path, monkeypatch: pyte
     assert loader.default_config_path() == site
     monkeypatch.setattr(loader, "SYSTEM_CONFIG_PATH", tmp_path / "absent.yaml")
     assert loader.default_config_path() == SHIPPED
-    monkeypatch.setattr(loader, "SHIPPED_CONFIG_PATH", tmp_path / "also-absent.yaml")
-    with pytest.raises(ConfigError, match="no configuration file"):
+    monkeypatch.setattr(shipped, "config_path", lambda: tmp_path / "also-absent.yaml")
+    with pytest.raises(ConfigError, match="no configuration file") as caught:
         loader.default_config_path()
+    assert str(tmp_path / "absent.yaml") in str(caught.value)
+    assert str(tmp_path / "also-absent.yaml") in str(caught.value)
+
+
+def test_shipped_data_off_a_filesystem_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package imported from a zip: its data is no file LiteRT or the loader could open."""
+    import zipfile
+
+    archive = tmp_path / "temalign.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("temalign/config/temalign.yaml", MINIMAL)
+        zf.writestr("temalign/models/wobble_physics.tflite", b"")
+    monkeypatch.setattr(shipped, "_root", lambda: zipfile.Path(archive, "temalign/"))
+    for opener in (shipped.config_path, shipped.model_names):
+        with pytest.raises(shipped.ShippedError, match="not a file on a filesystem") as caught:
+            opener()
+        assert caught.value.exit_status == 2
 
 
 # --- bad files: one message naming the file, the key and the reason -------------------------------
@@ -292,6 +322,108 @@ def test_ensure_state_dir_creates_it_private(tmp_path: Path) -> None:
     assert stat.S_IMODE(created.stat().st_mode) & 0o007 == 0
 
 
+# --- the model: a shipped name or a path ---------------------------------------------------------
+
+def test_the_model_is_a_shipped_name_or_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert shipped.model_names() == ["wobble_physics"]
+    assert SHIPPED_MODEL.is_file() and SHIPPED_MODEL.with_suffix(".json").is_file()
+    assert Settings.model_validate({"microscope": {"address": "a:1"}}).estimator.model == SHIPPED_MODEL
+    assert shipped.default_model() == SHIPPED_MODEL
+    by_name = load_config(write(tmp_path, MINIMAL + "estimator: {model: wobble_physics}\n"))
+    assert by_name.estimator.model == SHIPPED_MODEL
+    # Anything with a directory part or a suffix is a path, relative to the config's directory.
+    monkeypatch.chdir("/")
+    for text, expected in (("wobble_physics.tflite", tmp_path / "wobble_physics.tflite"),
+                           ("./wobble_physics", tmp_path / "wobble_physics"),
+                           ("models/mine.tflite", tmp_path / "models" / "mine.tflite"),
+                           ("/srv/m.tflite", Path("/srv/m.tflite"))):
+        loaded = load_config(write(tmp_path, MINIMAL + f"estimator: {{model: '{text}'}}\n"))
+        assert loaded.estimator.model == expected, text
+
+
+def test_an_unknown_shipped_model_name_lists_the_shipped_ones(tmp_path: Path) -> None:
+    message = config_error(write(tmp_path, MINIMAL + "estimator: {model: wobble_phisics}\n"))
+    assert message.startswith(f"{tmp_path / 'temalign.yaml'}: estimator.model: ")
+    assert "no shipped model named 'wobble_phisics'" in message and "(shipped: wobble_physics)" in message
+    assert "./wobble_phisics.tflite" in message  # how to name a file of one's own instead
+
+
+def own_model(directory: Path, **card_changes: Any) -> Path:
+    """A copy of the shipped model and its card in `directory`, the card changed as given (a value
+    of None removes the key)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    model = directory / "mine.tflite"
+    shutil.copy(SHIPPED_MODEL, model)
+    card = json.loads(SHIPPED_MODEL.with_suffix(".json").read_text())
+    for key, value in card_changes.items():
+        if value is None:
+            card.pop(key, None)
+        else:
+            card[key] = value
+    model.with_suffix(".json").write_text(json.dumps(card))
+    return model
+
+
+SCREEN = "source: {kind: screen, screen: {region: {left: 0, top: 0, width: 256, height: 256}}}\n"
+
+
+def _break_card(model: Path) -> Path:
+    model.with_suffix(".json").write_text("{not json")
+    return model
+
+
+@pytest.mark.parametrize(("case", "extra", "expected"), [
+    ("missing model", "", ["absent.tflite", "no such file"]),
+    ("missing card", "", ["mine.tflite", "mine.json", "is missing"]),
+    ("card not JSON", "", ["mine.tflite", "Expecting property name"]),
+    ("card without a key", "", ["mine.tflite", "invalid model card", "mine.json",
+                                "missing key 'preprocess'"]),
+    ("card with a bad value", "", ["mine.tflite", "invalid model card", "output_scale"]),
+    ("model not a model", "", ["mine.tflite", "LiteRT cannot load it"]),
+    ("wobble mismatch", "wobble: {fraction: 0.02}\n", ["mine.tflite", "mine.json", "0.03 wobble",
+                                                       "wobble.fraction is 0.02"]),
+    ("frames mismatch", SCREEN, ["mine.tflite", "mine.json", "'raw' frames", "source.kind screen"]),
+])
+def test_config_check_exits_2_naming_a_model_or_card_it_cannot_use(
+    tmp_path: Path, cli_main: Any, capsys: pytest.CaptureFixture[str], case: str, extra: str,
+    expected: list[str]
+) -> None:
+    model = own_model(tmp_path / "models")
+    if case == "missing model":
+        model = tmp_path / "models" / "absent.tflite"
+    elif case == "missing card":
+        model.with_suffix(".json").unlink()
+    elif case == "card not JSON":
+        _break_card(model)
+    elif case == "card without a key":
+        own_model(tmp_path / "models", preprocess=None)
+    elif case == "card with a bad value":
+        own_model(tmp_path / "models", output_scale=[0, 1])
+    elif case == "model not a model":
+        model.write_bytes(b"not a flatbuffer" * 64)
+    elif case == "frames mismatch":
+        own_model(tmp_path / "models", frames="raw")
+    path = write(tmp_path, MINIMAL + extra + f"estimator: {{model: models/{model.name}}}\n")
+    assert cli_main(["config", "check", str(path)]) == 2, case
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith(f"temalign: error: model {model}"), captured.err
+    assert "Traceback" not in captured.err
+    for part in expected:
+        assert part in captured.err, f"{part!r} not in {captured.err!r}"
+
+
+def test_config_check_exits_2_when_the_shipped_model_does_not_fit_the_wobble(
+    tmp_path: Path, cli_main: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, MINIMAL + "wobble: {fraction: 0.02}\n")
+    assert cli_main(["config", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    card = SHIPPED_MODEL.with_suffix(".json")
+    assert err.startswith(f"temalign: error: model {SHIPPED_MODEL} (card {card}): "), err
+    assert "set wobble.fraction to 0.03" in err
+
+
 # --- the token file ---------------------------------------------------------------------------------
 
 def token_file(directory: Path, content: str, mode: int = 0o600, name: str = "token") -> Path:
@@ -348,11 +480,14 @@ def test_microscope_override(tmp_path: Path) -> None:
 # --- the command line ---------------------------------------------------------------------------------
 
 def test_config_check_ok(tmp_path: Path, cli_main: Any, capsys: pytest.CaptureFixture[str]) -> None:
-    path = write(tmp_path, MINIMAL + "wobble: {fraction: 0.02, settle_s: 1.5}\n")
+    path = write(tmp_path, MINIMAL + "wobble: {fraction: 0.03, settle_s: 1.5}\n")
     assert cli_main(["config", "check", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"{path}: OK\n")
-    assert "127.0.0.1:7801" in out and "camera" in out and "±2 %" in out and "settle 1.5 s" in out
+    assert "127.0.0.1:7801" in out and "camera" in out and "±3 %" in out and "settle 1.5 s" in out
+    # The model as opened: its file, and its card's preprocessing, wobble and frames.
+    assert f"model       {SHIPPED_MODEL} (card: preprocess temalign.estimate.preprocess:physics_128, " \
+           "wobble 0.03, any frames)" in out
 
 
 def test_config_check_bad_exits_2(tmp_path: Path, cli_main: Any, capsys: pytest.CaptureFixture[str]) -> None:

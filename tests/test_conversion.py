@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
-import tensorflow as tf
-from trainkit import conversion, metrics, models
 
-from temalign.estimate import card as cards
+keras = pytest.importorskip("keras", reason='needs the [train] extra: pip install -e ".[train]"')
+tf = pytest.importorskip("tensorflow", reason='needs the [train] extra: pip install -e ".[train]"')
+
+from trainkit import conversion, metrics, models  # noqa: E402
+
+from temalign.estimate import card as cards  # noqa: E402
 
 PAPER_NAMES = ("paper_cnn", "paper_fc", "paper_dropout", "paper_batchnorm", "paper_conv_deep",
                "paper_conv_shallow", "paper_dense_deep", "paper_dense_shallow", "paper_tanh",

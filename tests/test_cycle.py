@@ -23,7 +23,7 @@ from temalign.service.cycle import Parts, run_cycle
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.sources import CameraSource
 
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "wobble_physics.tflite"
+SHIPPED = Path(__file__).resolve().parents[1] / "daemon" / "temalign" / "models" / "wobble_physics.tflite"
 
 
 def make_parts(served: Any, connect: Any, tmp_path: Path, *, mode: str = "live", calibrated: bool = True,
@@ -135,7 +135,7 @@ def test_without_calibration_there_is_no_check(make_twin: Any, connect: Any, tmp
     served = make_twin()
     parts = make_parts(served, connect, tmp_path, calibrated=False)
     result = run_cycle(parts, look="check")
-    assert (result.outcome, result.reason, result.check) == ("dry_run", "no-calibration", None)
+    assert (result.outcome, result.reason, result.check) == ("dry_run", "no_calibration", None)
     assert wobble_labels(tmp_path) == ["before"]
 
 
@@ -178,7 +178,7 @@ def test_without_calibration_it_measures_only(make_twin: Any, connect: Any, tmp_
     parts = make_parts(served, connect, tmp_path, calibrated=False)
     before = served.truth()["aperture"]
     result = run_cycle(parts)
-    assert (result.outcome, result.reason) == ("dry_run", "no-calibration")
+    assert (result.outcome, result.reason) == ("dry_run", "no_calibration")
     assert served.truth()["aperture"] == before
 
 
@@ -217,7 +217,7 @@ def test_a_stuck_motor_counts_toward_hold(make_twin: Any, connect: Any, tmp_path
     parts = make_parts(served, connect, tmp_path, safety={"hold_after_failures": 2})
     served.fault("stuck")
     first = run_cycle(parts)
-    assert (first.outcome, first.reason) == ("error", "motor-fault")
+    assert (first.outcome, first.reason) == ("error", "motor_fault")
     second = run_cycle(parts)
     assert second.outcome == "hold"
     assert parts.state.load("live").hold is not None
@@ -247,7 +247,7 @@ def test_an_overshooting_motor_is_a_fault_and_moved_back(make_twin: Any, connect
     served.fault("overshoot", units=[40, 40], count=1)
     start = served.truth()["aperture"]
     result = run_cycle(parts)
-    assert (result.outcome, result.reason) == ("error", "motor-fault"), result
+    assert (result.outcome, result.reason) == ("error", "motor_fault"), result
     assert math.dist(served.truth()["aperture"], start) <= 3
 
 
@@ -258,7 +258,7 @@ def test_a_person_moving_the_aperture_pauses_the_daemon(make_twin: Any, connect:
     assert run_cycle(parts).outcome == "within_deadband"
     offset(served, 40, 40)
     result = run_cycle(parts)
-    assert (result.outcome, result.reason) == ("skipped", "aperture-moved")
+    assert (result.outcome, result.reason) == ("skipped", "aperture_moved")
     assert parts.state.load("live").paused_until == math.inf
 
 
@@ -290,7 +290,7 @@ def test_a_person_changing_c1_pauses_the_daemon(make_twin: Any, connect: Any, tm
     assert run_cycle(parts).outcome == "within_deadband"
     served.twin.set_c1(served.lens_reads() * 1.01)
     result = run_cycle(parts)
-    assert (result.outcome, result.reason) == ("skipped", "c1-changed")
+    assert (result.outcome, result.reason) == ("skipped", "c1_changed")
     assert parts.state.load("live").paused_until == math.inf
 
 
@@ -301,7 +301,7 @@ def test_a_lens_that_does_not_take_its_value_counts_toward_hold(make_twin: Any, 
     c1 = served.lens_reads()
     served.fault("lens_ignore")
     first = run_cycle(parts)
-    assert (first.outcome, first.reason) == ("error", "lens-did-not-take"), first
+    assert (first.outcome, first.reason) == ("error", "lens_did_not_take"), first
     assert run_cycle(parts).outcome == "hold"
     assert served.lens_reads() == pytest.approx(c1, rel=1e-9)
 
@@ -329,7 +329,7 @@ def test_one_estimator_alone_when_configured(make_twin: Any, connect: Any, tmp_p
     parts = make_parts(served, connect, tmp_path, estimator={"use": use, "agreement_units": 0.001})
     result = run_cycle(parts)
     assert result.outcome == "corrected" and result.before is not None
-    assert result.before.reason == f"{use}-only"
+    assert result.before.reason == f"{use}_only"
     assert misalignment(served) < 30
 
 

@@ -22,11 +22,11 @@ import yaml
 
 from temalign.config.schema import Settings
 from temalign.errors import ConfigError
+from temalign.optics import wobble_values
 from temalign.record.journal import Journal, read_journal
 from temalign.service.control import ControlError, request
 from temalign.service.daemon import Daemon
 from temalign.wobble.c1_memory import C1Memory
-from temalign.wobble.stack import c1_series
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_start_puts_c1_back_and_records_a_move_in_flight(make_twin: Any, connect
     state_dir = short_dir / "state"
     state_dir.mkdir()
     c0 = served.lens_reads()
-    values = c1_series(c0, 0.03)
+    values = wobble_values(c0, 0.03)
     C1Memory(state_dir).begin(c0, values)  # a daemon killed mid-wobble ...
     served.twin.set_c1(values[1])  # ... with C1 at the second step
     with Journal(state_dir) as journal:
@@ -409,6 +409,6 @@ def test_a_move_finished_before_a_kill_is_not_taken_for_a_person(make_twin: Any,
     daemon = start_daemon(served, connect, short_dir)
     try:
         assert daemon.store.load("dry-run").last_position == tuple(int(v) for v in served.truth()["aperture"])
-        assert daemon.cycle().reason != "aperture-moved"
+        assert daemon.cycle().reason != "aperture_moved"
     finally:
         daemon.stop()

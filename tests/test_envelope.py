@@ -13,15 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from temalign.config.schema import SafetySettings
-from temalign.decide.envelope import (
-    REASONS,
-    Decision,
-    FailureCounter,
-    RateLedger,
-    decide,
-    is_worse,
-    motor_fault,
-)
+from temalign.decide.envelope import REASONS, Decision, RateLedger, decide
+from temalign.decide.verify import FailureCounter, is_worse, motor_fault
 from temalign.microscope import Limits
 
 BASE = SafetySettings(window_units=400.0, max_excursion_units=350.0, max_step_units=250.0, deadband_units=5.0,
@@ -200,14 +193,14 @@ def test_corrected() -> None:
 
 def test_deadband_edge() -> None:
     below = run(estimate=(3.0, 3.9))
-    assert (below.action, below.reason, below.target) == ("none", "within-deadband", None)
+    assert (below.action, below.reason, below.target) == ("none", "within_deadband", None)
     at = run(estimate=(3.0, 4.0))
     assert (at.action, at.reason, at.target) == ("move", "corrected", (2, 3))
 
 
 def test_scaled_max_step_keeps_the_direction() -> None:
     decision = run(estimate=(500.0, 250.0))
-    assert (decision.action, decision.reason) == ("move", "scaled-max-step")
+    assert (decision.action, decision.reason) == ("move", "scaled_max_step")
     assert decision.requested == pytest.approx((400.0, 200.0))
     assert decision.target == (250, 125)
     assert decision.limits_hit == ("max_step",)
@@ -215,14 +208,14 @@ def test_scaled_max_step_keeps_the_direction() -> None:
 
 def test_refused_max_step() -> None:
     decision = run(estimate=(500.0, 250.0), config=safety(on_limit="refuse"))
-    assert (decision.action, decision.reason, decision.target) == ("refuse", "refused-max-step", None)
+    assert (decision.action, decision.reason, decision.target) == ("refuse", "refused_max_step", None)
     assert decision.limits_hit == ("max_step",)
     assert decision.step == (0.0, 0.0)
 
 
 def test_scaled_rate_limit() -> None:
     decision = run(estimate=(100.0, 0.0), moved=950.0)
-    assert (decision.action, decision.reason) == ("move", "scaled-rate-limit")
+    assert (decision.action, decision.reason) == ("move", "scaled_rate_limit")
     assert decision.target == (50, 0)
     assert decision.limits_hit == ("rate_limit",)
 
@@ -230,17 +223,17 @@ def test_scaled_rate_limit() -> None:
 def test_scaled_by_both_limits() -> None:
     decision = run(estimate=(0.0, -500.0), moved=800.0, config=safety(window_units=500.0,
                                                                         max_excursion_units=500.0))
-    assert (decision.action, decision.reason, decision.target) == ("move", "scaled-rate-limit", (0, -200))
+    assert (decision.action, decision.reason, decision.target) == ("move", "scaled_rate_limit", (0, -200))
     assert decision.limits_hit == ("max_step", "rate_limit")
 
 
 def test_refused_rate_limit() -> None:
     refused = run(estimate=(100.0, 0.0), moved=950.0, config=safety(on_limit="refuse"))
-    assert (refused.action, refused.reason, refused.target) == ("refuse", "refused-rate-limit", None)
+    assert (refused.action, refused.reason, refused.target) == ("refuse", "refused_rate_limit", None)
     nearly_spent = run(estimate=(100.0, 0.0), moved=999.6)
-    assert (nearly_spent.action, nearly_spent.reason) == ("refuse", "refused-rate-limit")
+    assert (nearly_spent.action, nearly_spent.reason) == ("refuse", "refused_rate_limit")
     spent = run(estimate=(100.0, 0.0), moved=1500.0)
-    assert (spent.action, spent.reason) == ("refuse", "refused-rate-limit")
+    assert (spent.action, spent.reason) == ("refuse", "refused_rate_limit")
     fits = run(estimate=(10.0, 0.0), moved=990.0, config=safety(on_limit="refuse"))
     assert (fits.action, fits.target) == ("move", (8, 0))
 
@@ -248,7 +241,7 @@ def test_refused_rate_limit() -> None:
 def test_refused_window_is_not_clipped() -> None:
     config = safety(max_excursion_units=500.0)
     decision = run(position=(380, 0), estimate=(50.0, 0.0), config=config)
-    assert (decision.action, decision.reason, decision.target) == ("refuse", "refused-window", None)
+    assert (decision.action, decision.reason, decision.target) == ("refuse", "refused_window", None)
     assert decision.limits_hit == ("window",)
     assert "420" in decision.detail
     inside = run(position=(360, 0), estimate=(50.0, 0.0), config=config)
@@ -257,7 +250,7 @@ def test_refused_window_is_not_clipped() -> None:
 
 def test_refused_excursion_goes_to_hold() -> None:
     decision = run(position=(240, 240), estimate=(25.0, 0.0))
-    assert (decision.action, decision.reason, decision.target) == ("hold", "refused-excursion", None)
+    assert (decision.action, decision.reason, decision.target) == ("hold", "refused_excursion", None)
     assert decision.limits_hit == ("max_excursion",)
     toward_centre = run(position=(240, 240), estimate=(-25.0, 0.0))
     assert toward_centre.target == (220, 240)
@@ -265,20 +258,20 @@ def test_refused_excursion_goes_to_hold() -> None:
 
 def test_excursion_outranks_window() -> None:
     decision = run(position=(390, 300), estimate=(25.0, 0.0))
-    assert (decision.action, decision.reason) == ("hold", "refused-excursion")
+    assert (decision.action, decision.reason) == ("hold", "refused_excursion")
     assert set(decision.limits_hit) == {"window", "max_excursion"}
 
 
 @pytest.mark.parametrize("estimate", [(math.nan, 0.0), (0.0, math.inf), (-math.inf, 1.0), (1.7e308, 1.7e308)])
 def test_refused_not_finite(estimate: tuple[float, float]) -> None:
     decision = run(estimate=estimate)
-    assert (decision.action, decision.reason, decision.target) == ("refuse", "refused-not-finite", None)
+    assert (decision.action, decision.reason, decision.target) == ("refuse", "refused_not_finite", None)
     assert decision.requested == (0.0, 0.0)
 
 
 def test_refused_not_finite_rate() -> None:
     decision = run(estimate=(100.0, 0.0), moved=math.nan)
-    assert (decision.action, decision.reason) == ("refuse", "refused-not-finite")
+    assert (decision.action, decision.reason) == ("refuse", "refused_not_finite")
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -287,13 +280,13 @@ def test_refused_not_finite_rate() -> None:
 ])
 def test_refused_invalid_input(kwargs: dict) -> None:
     decision = run(estimate=(100.0, 0.0), **kwargs)
-    assert (decision.action, decision.reason, decision.target) == ("refuse", "refused-invalid-input", None)
+    assert (decision.action, decision.reason, decision.target) == ("refuse", "refused_invalid_input", None)
 
 
 def test_refused_hardware_limits() -> None:
     hardware = Limits(aperture_x=(-100, 100), aperture_y=(-100, 100), c1=(0.0, 1.0))
     decision = run(position=(90, 0), estimate=(20.0, 0.0), hardware=hardware)
-    assert (decision.action, decision.reason, decision.target) == ("refuse", "refused-hardware-limits", None)
+    assert (decision.action, decision.reason, decision.target) == ("refuse", "refused_hardware_limits", None)
     assert decision.limits_hit == ("hardware",)
     edge = run(position=(84, 0), estimate=(20.0, 0.0), hardware=hardware)
     assert edge.target == (100, 0)
@@ -301,9 +294,9 @@ def test_refused_hardware_limits() -> None:
 
 def test_below_resolution() -> None:
     decision = run(estimate=(0.5, 0.0), config=safety(deadband_units=0.0))
-    assert (decision.action, decision.reason, decision.target) == ("none", "below-resolution", None)
+    assert (decision.action, decision.reason, decision.target) == ("none", "below_resolution", None)
     zero = run(estimate=(0.0, 0.0), config=safety(deadband_units=0.0))
-    assert zero.reason == "below-resolution"
+    assert zero.reason == "below_resolution"
 
 
 def test_envelope_centred_on_session_start_until_a_reference_exists() -> None:
@@ -311,7 +304,7 @@ def test_envelope_centred_on_session_start_until_a_reference_exists() -> None:
     start = (1000, 1000)
     without = run(position=(1380, 1000), estimate=(50.0, 0.0), reference=None, session_start=start,
                   config=config)
-    assert (without.action, without.reason) == ("refuse", "refused-window")
+    assert (without.action, without.reason) == ("refuse", "refused_window")
     assert "session start" in without.detail
     with_reference = run(position=(1380, 1000), estimate=(50.0, 0.0), reference=(1380, 1000),
                          session_start=start, config=config)
@@ -323,7 +316,7 @@ def test_rounding_never_pushes_past_the_window() -> None:
     rounded_in = run(position=(399, 0), estimate=(2.0, 0.0), config=config)
     assert (rounded_in.action, rounded_in.target, rounded_in.step) == ("move", (400, 0), (1.0, 0.0))
     no_room = run(position=(400, 0), estimate=(0.75, 0.0), config=config)
-    assert (no_room.action, no_room.reason, no_room.target) == ("refuse", "refused-window", None)
+    assert (no_room.action, no_room.reason, no_room.target) == ("refuse", "refused_window", None)
     assert "rounding" in no_room.detail
 
 
@@ -332,7 +325,7 @@ def test_rounding_never_pushes_past_the_excursion() -> None:
     decision = run(position=(299, 0), estimate=(1.875, 0.0), config=config)
     assert (decision.action, decision.target) == ("move", (300, 0))
     beyond = run(position=(299, 0), estimate=(2.0, 0.0), config=config)
-    assert (beyond.action, beyond.reason) == ("hold", "refused-excursion")
+    assert (beyond.action, beyond.reason) == ("hold", "refused_excursion")
 
 
 def test_rounding_never_exceeds_max_step_or_rate() -> None:
@@ -403,7 +396,7 @@ def test_motor_fault() -> None:
 def test_failure_counter_reset_by_success() -> None:
     counter = FailureCounter(3)
     assert not counter.failure("rollback")
-    assert not counter.failure("motor-fault")
+    assert not counter.failure("motor_fault")
     counter.success()
     assert (counter.count, counter.kinds) == (0, [])
     assert not counter.failure("protocol")

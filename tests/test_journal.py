@@ -373,3 +373,17 @@ def test_many_pending_intents_do_not_make_every_append_rotate(tmp_path: Path, no
         rotations = sum(1 for e in journal.entries() if e["kind"] == ROTATED_KIND)
     measures = 20 * len(json.dumps({"seq": 100, "time": "x" * 27, "kind": "measure", "i": 1}))
     assert rotations <= 3 + measures // 600, "every append rotated"
+
+
+def test_a_journal_of_before_0_2_reads_with_todays_reason_codes(tmp_path: Path) -> None:
+    """Reason codes were kebab-case before 0.2 (record/result.py: one convention now); every reader
+    sees today's, and a reason that is not a code (a sentence) is left as it is."""
+    old = [{"seq": 1, "time": "2026-11-20T10:00:00.000000Z", "kind": "cycle", "outcome": "refused_limit",
+            "reason": "refused-window", "decision": {"action": "refuse", "reason": "refused-window"},
+            "before": {"reason": "doubtful-stack"}},
+           {"seq": 2, "time": "2026-11-20T10:10:00.000000Z", "kind": "hold", "reason": "3 failures in a row"}]
+    (tmp_path / "journal.jsonl").write_text("".join(json.dumps(e) + "\n" for e in old))
+    for entries in (read_journal(tmp_path), list(Journal(tmp_path).entries())):
+        assert entries[0]["reason"] == entries[0]["decision"]["reason"] == "refused_window"
+        assert entries[0]["before"]["reason"] == "doubtful_stack"
+        assert entries[1]["reason"] == "3 failures in a row"

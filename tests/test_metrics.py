@@ -32,7 +32,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from temalign.record.logs import configure_logging, cycle_line
-from temalign.record.metrics import CYCLE_OUTCOMES, LIMITS, STATES, Metrics, MetricsError
+from temalign.record.metrics import LIMITS, STATES, Metrics, MetricsError
+from temalign.record.result import OUTCOMES as CYCLE_OUTCOMES
 from temalign.service import notify
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -371,8 +372,8 @@ def test_json_logs_one_object_per_line_with_the_cycle_figures(restore_logging: N
     line = json.loads(lines[0])
     assert line["event"] == "cycle" and line["level"] == "info" and line["logger"] == "temalign.test"
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", line["timestamp"])
-    assert line["cycle"] == 7 and line["estimate"] == [1.5, None] and line["position"] == [120, -4]
-    assert line["confidence"] == 0.91 and line["before"] is None and line["outcome"] == "corrected"
+    assert line["cycle"] == 7 and line["estimate"] == [1.5, "NaN"] and line["position"] == [120, -4]
+    assert line["confidence"] == 0.91 and line["before"] == "Infinity" and line["outcome"] == "corrected"
     foreign = json.loads(lines[1])
     assert foreign["logger"] == "apscheduler.scheduler" and foreign["level"] == "warning"
     assert foreign["event"] == "Run time of job 'cycle' was missed"

@@ -16,7 +16,7 @@ from temalign.optics import wobble_values
 from temalign_twin.model import Twin
 from temalign_twin.settings import TwinSettings
 
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "wobble_physics.tflite"
+SHIPPED = Path(__file__).resolve().parents[1] / "daemon" / "temalign" / "models" / "wobble_physics.tflite"
 QUIET = {"drift": {"linear_per_hour": (0, 0), "random_walk_per_sqrt_hour": 0, "jump_rate_per_hour": 0}}
 
 

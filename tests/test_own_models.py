@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytest.importorskip("tensorflow")
+pytest.importorskip("tensorflow", reason='needs the [train] extra: pip install -e ".[train]"')
 
 from trainkit import evaluation as ev
 from trainkit import own_models as om

@@ -23,11 +23,12 @@ import pytest
 from temalign import optics
 from temalign.clock import RealClock, SteppedClock
 from temalign.estimate.spots import measure_spot
+from temalign.optics import wobble_values
 from temalign.protocol.errors import Busy
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.errors import SourceError
 from temalign.wobble.sources import ScreenSource
-from temalign.wobble.stack import c1_series, wobble
+from temalign.wobble.stack import wobble
 from temalign_twin.display import contrast_limits, to_display, zoom_nearest
 from temalign_twin.model import Twin
 from temalign_twin.settings import DisplaySettings, TwinSettings
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.timeout(120)
 CAMERA = 256
 ZOOM = 2
 C_F = 1.2
-SERIES = c1_series(C_F, 0.03)
+SERIES = wobble_values(C_F, 0.03)
 WIDE_PERCENTILES = [0.5, 99.99]
 """Auto-contrast that keeps the focused spot (0.05 % of the frame) above the white point of the
 background, so that it is measurable on screen; the default 99.5 % is not (see the test)."""

@@ -41,7 +41,7 @@ from temalign.wobble.sources import ScreenSource
 
 pytestmark = [pytest.mark.xvfb, pytest.mark.timeout(120)]
 
-SHIPPED = Path(__file__).resolve().parents[1] / "models" / "wobble_physics.tflite"
+SHIPPED = Path(__file__).resolve().parents[1] / "daemon" / "temalign" / "models" / "wobble_physics.tflite"
 CAMERA = 256
 ZOOM = 2
 POSITION = (640, 0)

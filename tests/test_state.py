@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from temalign.record.state import STATE_NAME, RunState, StateError, StateStore, is_paused
+from temalign.decide.column import is_paused
+from temalign.record.state import STATE_NAME, RunState, StateError, StateStore
 
 FULL = RunState(mode="dry-run", paused_until=math.inf, pause_reason="exposure series", hold="3 rollbacks",
                 reference=(120, -40), reference_set_by="person", last_position=(118, -37), last_c1=0.4375)
@@ -54,13 +55,13 @@ def test_the_saved_mode_overrides_the_configs(tmp_path: Path) -> None:
 
 
 def test_pause_until_a_time_and_until_resumed() -> None:
-    assert not is_paused(RunState(mode="live"), 1e9)
+    assert not is_paused(RunState(mode="live").paused_until, 1e9)
     timed = RunState(mode="live", paused_until=1000.0, pause_reason="busy")
-    assert is_paused(timed, 999.9)
-    assert not is_paused(timed, 1000.0)
-    assert not is_paused(timed, 5000.0)
+    assert is_paused(timed.paused_until, 999.9)
+    assert not is_paused(timed.paused_until, 1000.0)
+    assert not is_paused(timed.paused_until, 5000.0)
     endless = RunState(mode="live", paused_until=math.inf)
-    assert is_paused(endless, 0.0) and is_paused(endless, 1e18)
+    assert is_paused(endless.paused_until, 0.0) and is_paused(endless.paused_until, 1e18)
 
 
 def test_an_endless_pause_survives_a_restart(tmp_path: Path) -> None:
@@ -68,7 +69,7 @@ def test_an_endless_pause_survives_a_restart(tmp_path: Path) -> None:
     store.load("live")
     store.update(paused_until=math.inf, pause_reason="paused by a person")
     after = StateStore(tmp_path).load("live")
-    assert after.paused_until == math.inf and is_paused(after, 4e9)
+    assert after.paused_until == math.inf and is_paused(after.paused_until, 4e9)
     assert after.pause_reason == "paused by a person"
 
 
@@ -148,7 +149,7 @@ def test_update_before_any_load_keeps_the_pause_and_leaves_the_mode_to_the_confi
     assert returned.mode == "dry-run", "with no mode known, the one that never moves"
     for mode in ("live", "dry-run"):
         state = StateStore(tmp_path).load(mode)
-        assert state.mode == mode and is_paused(state, 1e12) and state.pause_reason == "exposure"
+        assert state.mode == mode and is_paused(state.paused_until, 1e12) and state.pause_reason == "exposure"
 
 
 @pytest.mark.parametrize("field, value", [

@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest.importorskip("keras", reason='needs the [train] extra: pip install -e ".[train]"')
+
 from trainkit import conversion, models, training
 from trainkit.datasets import Dataset
 

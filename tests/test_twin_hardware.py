@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 
 import numpy as np
@@ -341,6 +342,39 @@ def test_concurrent_calls_are_safe() -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_concurrent_moves_leave_the_motor_consistent() -> None:
+    """Moves from several threads at once (the twin serves one thread per connection) each take
+    effect whole: after every round, the last command the motor took is the one whose motion it
+    made, so the aperture rests where that command put it. Threads switch as often as CPython can
+    (a tiny switch interval), so a move interleaved with another shows up within a few rounds."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        clock = FrozenClock()
+        tw = twin(clock=clock, motor={"position_noise_units": 0.0, "backlash_units": 0.0})
+        threads, rounds = 6, 60
+        broken: list[str] = []
+        for r in range(rounds):
+            barrier = threading.Barrier(threads)
+
+            def move(i: int, r: int = r, barrier: threading.Barrier = barrier) -> None:
+                barrier.wait()
+                tw.move_aperture(2000 + 100 * i + r, -1000 - 100 * i)
+
+            workers = [threading.Thread(target=move, args=(i,)) for i in range(threads)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            clock.t += 3600.0  # every motion over
+            truth = tw.truth()
+            if truth["aperture"] != pytest.approx(truth["aperture_commanded"], abs=1e-6):
+                broken.append(f"round {r}: commanded {truth['aperture_commanded']}, at {truth['aperture']}")
+    finally:
+        sys.setswitchinterval(previous)
+    assert broken == []
 
 
 # ---- presets and command-line settings ---------------------------------------------------------

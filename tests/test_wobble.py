@@ -22,6 +22,7 @@ from temalign.clock import ScaledClock
 from temalign.estimate.spots import measure_spot, measure_stack
 from temalign.estimate.walk import fit_walk
 from temalign.frames import Frame
+from temalign.optics import wobble_values
 from temalign.protocol.errors import ConnectionLost, DeadlineExceeded, HardwareFault, ProtocolError
 from temalign.wobble.c1_memory import RECORD_NAME, C1Memory
 from temalign.wobble.errors import (
@@ -34,7 +35,7 @@ from temalign.wobble.errors import (
 )
 from temalign.wobble.report import describe_walk, is_concentric
 from temalign.wobble.sources import CameraSource
-from temalign.wobble.stack import c1_series, wobble
+from temalign.wobble.stack import wobble
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -79,10 +80,11 @@ def assert_c1_back(served, c0: float) -> None:
     assert truth["c1"] == pytest.approx(c0, rel=1e-12), "the last command was not the restore"
 
 
-def test_c1_series_is_the_twin_md_formula() -> None:
-    series = c1_series(1.2, 0.03)
+def test_the_wobble_series_is_the_twin_md_formula() -> None:
+    series = wobble_values(1.2, 0.03)
     assert series == pytest.approx([1.164, 1.176, 1.188, 1.2, 1.212, 1.224, 1.236], rel=1e-12)
-    np.testing.assert_allclose(c1_series(1.224, 0.02), optics.wobble_values(1.224, 0.02), rtol=1e-15)
+    assert wobble_values(1.224, 0.02) == pytest.approx([1.224 * (1 + 0.02 * (k - 3) / 3) for k in range(7)],
+                                                       rel=1e-15)
     assert series[3] == 1.2
     assert len(series) == 7
 
@@ -100,7 +102,7 @@ def test_wobble_steps_c1_waits_and_restores(twin_server, microscope, tmp_path) -
                 source=Hooked(CameraSource(microscope, clock=twin_server.clock), check_record_and_lens))
 
     assert stack.images.shape == (7, 256, 256) and stack.images.dtype == np.float32
-    assert stack.c1_values == pytest.approx(c1_series(c0, FRACTION), rel=1e-12)
+    assert stack.c1_values == pytest.approx(wobble_values(c0, FRACTION), rel=1e-12)
     assert stack.c1_before == c0 and stack.wobble_fraction == FRACTION
     assert (stack.source, stack.kind) == ("camera", "raw")
     assert np.all(np.diff(stack.times) >= SETTLE_S), "frames closer together than the settle time"
@@ -136,7 +138,7 @@ def test_chosen_steps_only_and_no_settle_where_c1_did_not_change(twin_server, mi
                    memory=C1Memory(tmp_path / "state"), steps=(3, 6))
 
     assert stack.images.shape == (2, 256, 256)
-    assert stack.c1_values == pytest.approx([c0, c1_series(c0, FRACTION)[6]], rel=1e-12)
+    assert stack.c1_values == pytest.approx([c0, wobble_values(c0, FRACTION)[6]], rel=1e-12)
     assert sleeps == [SETTLE_S], "one settle expected: C1 changed once"
     assert all(truth["lens_settled"] for truth in seen)
     assert_c1_back(twin_server, c0)
@@ -305,7 +307,7 @@ def test_restore_retries_through_repeated_errors(twin_server, microscope, tmp_pa
 
 def test_restore_that_fails_keeps_the_record_for_the_next_start(twin_server, microscope, tmp_path) -> None:
     c0 = microscope.c1()
-    series = c1_series(c0, FRACTION)
+    series = wobble_values(c0, FRACTION)
 
     def hook(k: int) -> None:
         if k == 4:  # from step 5 on, lens.set always fails
@@ -386,7 +388,7 @@ def test_out_of_limits_series_changes_nothing(twin_server, microscope, tmp_path)
 
 def test_earlier_unrestored_record_blocks_the_wobble(twin_server, microscope, tmp_path) -> None:
     c0 = microscope.c1()
-    C1Memory(tmp_path / "state").begin(1.3, c1_series(1.3, FRACTION))
+    C1Memory(tmp_path / "state").begin(1.3, wobble_values(1.3, FRACTION))
     with pytest.raises(PendingRecord, match="earlier wobble left C1 unrestored"):
         run(twin_server, microscope, tmp_path)
     assert twin_server.truth()["c1"] == c0
@@ -406,10 +408,10 @@ def test_bad_arguments_are_refused_before_anything_moves(twin_server, microscope
 
 def test_record_is_written_atomically(tmp_path) -> None:
     memory = C1Memory(tmp_path / "new" / "state")
-    memory.begin(1.2, c1_series(1.2, FRACTION))
+    memory.begin(1.2, wobble_values(1.2, FRACTION))
     assert sorted(p.name for p in memory.state_dir.iterdir()) == [RECORD_NAME]
     data = json.loads(memory.path.read_text())
-    assert data["c1_before"] == 1.2 and data["values"] == list(c1_series(1.2, FRACTION))
+    assert data["c1_before"] == 1.2 and data["values"] == list(wobble_values(1.2, FRACTION))
     assert memory.load().c1_before == 1.2
     memory.clear()
     assert not memory.exists() and memory.load() is None
@@ -418,7 +420,7 @@ def test_record_is_written_atomically(tmp_path) -> None:
 @pytest.mark.parametrize("k", [0, 2, 3, 6])
 def test_recover_restores_a_value_the_wobble_set(microscope, twin_server, tmp_path, k) -> None:
     c0 = microscope.c1()
-    series = c1_series(c0, FRACTION)
+    series = wobble_values(c0, FRACTION)
     memory = C1Memory(tmp_path)
     memory.begin(c0, series)
     microscope.set_c1(series[k])  # died here
@@ -434,7 +436,7 @@ def test_recover_restores_a_value_the_wobble_set(microscope, twin_server, tmp_pa
 def test_recover_leaves_c1_alone_when_someone_changed_it(microscope, twin_server, tmp_path) -> None:
     c0 = microscope.c1()
     memory = C1Memory(tmp_path)
-    memory.begin(c0, c1_series(c0, FRACTION))
+    memory.begin(c0, wobble_values(c0, FRACTION))
     microscope.set_c1(1.25)  # a person, after the crash
     said = memory.recover(microscope)
     assert "someone changed C1" in said and "left alone" in said
@@ -458,13 +460,13 @@ def test_corrupt_record_is_reported_never_crashes(microscope, twin_server, tmp_p
     assert twin_server.truth()["c1"] == c0
     assert not memory.exists(), "a corrupt record would block every later wobble"
     assert len(list(tmp_path.glob(f"{RECORD_NAME}.corrupt-*"))) == 1
-    memory.begin(c0, c1_series(c0, FRACTION))  # the next wobble can start
+    memory.begin(c0, wobble_values(c0, FRACTION))  # the next wobble can start
 
 
 def test_recover_that_cannot_restore_keeps_the_record(microscope, twin_server, tmp_path) -> None:
     c0 = microscope.c1()
     memory = C1Memory(tmp_path)
-    series = c1_series(c0, FRACTION)
+    series = wobble_values(c0, FRACTION)
     memory.begin(c0, series)
     microscope.set_c1(series[1])
     twin_server.fault("error", methods=["lens.set"])
@@ -514,7 +516,7 @@ def test_wobble_killed_mid_way_is_restored_at_next_start(twin_server, microscope
             process.wait()
         process.stdout.close()
         process.stderr.close()
-    series = c1_series(c0, FRACTION)
+    series = wobble_values(c0, FRACTION)
     assert twin_server.lens_reads() == pytest.approx(series[4]), "the kill should leave C1 mid-wobble"
     said = C1Memory(tmp_path).recover(microscope)
     assert "restored" in said
@@ -567,7 +569,7 @@ def test_wobble_command_recovers_first(twin_server, microscope, tmp_path, capsys
     from temalign.cli import main
 
     config = write_config(tmp_path, twin_server.address)
-    series = c1_series(1.2, FRACTION)
+    series = wobble_values(1.2, FRACTION)
     C1Memory(tmp_path / "state").begin(1.2, series)
     microscope.set_c1(series[5])  # a wobble died here
     assert main(["wobble", "--config", str(config)]) == 0

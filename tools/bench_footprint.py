@@ -337,7 +337,7 @@ def fill_journal(state_dir: Path, mb: float) -> int:
             op = journal.intent("wobble", label="before", fraction=0.03)
             journal.outcome(op, "wobble", ok=True, c1=fields.get("c1"), trusted=True, reason="agree",
                             delta=[-2.8, -2.0], model=[-2.8, -2.0], classical=[-2.2, -1.5])
-            journal.append("decision", action="none", reason="within-deadband", detail="", target=None,
+            journal.append("decision", action="none", reason="within_deadband", detail="", target=None,
                            live=True)
             journal.append("cycle", **fields)
         return journal._size

@@ -4,7 +4,7 @@
 Every stack goes through `temalign.estimate.model_estimator.ModelEstimator` (the card's
 preprocessing, then LiteRT on one thread), as the daemon runs it; no Keras, no TensorFlow.
 
-    .venv/bin/python tools/bench_shipped.py [--model models/wobble_physics.tflite]
+    .venv/bin/python tools/bench_shipped.py [--model daemon/temalign/models/wobble_physics.tflite]
         [--data data] [--n-ind 100] [--json bench-shipped.json] [--plot bench-shipped.png]
 
 Sets: the twin's datasets in --data (labels = the twin's truth a* - a; N 13 and N 14 are the
@@ -102,7 +102,8 @@ def plot(path: Path, results: dict[str, dict], title: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="models/wobble_physics.tflite")
+    p.add_argument("--model", default="daemon/temalign/models/wobble_physics.tflite",
+                   help="the .tflite, its card beside it (default: the shipped model, package data)")
     p.add_argument("--data", default="data", help="folder with make datasets' .npz files")
     p.add_argument("--n-twin", type=int, default=100, help="stacks of the twin's display set")
     p.add_argument("--n-ind", type=int, default=100, help="stacks per independent-renderer set")

@@ -4,9 +4,11 @@
 Each quantisation is checked with LiteRT (the daemon's runtime) against Keras on held-out stacks
 (max and RMS difference in motor units), timed on one thread, and written with its model card
 (same name, .json). The first quantisation goes to --out, the others to <out>.<quantisation>.tflite.
+A model of your own goes anywhere outside the package (a config names it by path); only `make model`
+writes into daemon/temalign/models/, the shipped model.
 
 Example:
-  tools/convert.py runs/final/best.keras --out models/paper_final.tflite \\
+  tools/convert.py runs/final/best.keras --out runs/final/paper_final.tflite \\
       --quantisation float32 float16 dynamic-int8 int8"""
 
 from __future__ import annotations

@@ -28,17 +28,19 @@ from typing import Any
 import numpy as np
 
 from temalign.clock import ScaledClock, SteppedClock
+from temalign.decide.column import is_paused
 from temalign.estimate.calibration import nominal_calibration, save_calibration
 from temalign.estimate.combined import CombinedEstimator
 from temalign.estimate.model_estimator import ModelEstimator
 from temalign.microscope import Position
+from temalign.optics import WOBBLE_STEPS as STEPS
 from temalign.protocol.tcp_microscope import TcpMicroscope
 from temalign.record.journal import Journal, read_journal
-from temalign.record.state import StateStore, is_paused
-from temalign.service.cycle import CycleResult, Parts, run_cycle
+from temalign.record.result import CycleResult
+from temalign.record.state import StateStore
+from temalign.service.cycle import Parts, run_cycle
 from temalign.wobble.c1_memory import C1Memory, same_c1
 from temalign.wobble.sources import CameraSource
-from temalign.wobble.stack import STEPS
 from temalign_twin.faults import FAULTABLE_METHODS, KINDS
 from temalign_twin.model import Twin
 from temalign_twin.service import TwinServer
@@ -49,10 +51,10 @@ from .harness import EXPOSURE_S, REPO, SHIPPED_MODEL, settings_for
 MAX_OFFSET = 240.0
 CALL_TIMEOUT_S = 0.5
 ACQUIRE_TIMEOUT_S = 1.0
-FAILURE_REASONS = frozenset({"rolled-back", "motor-fault", "lens-did-not-take", "move-failed",
-                             "rollback-failed"})
+FAILURE_REASONS = frozenset({"rolled_back", "motor_fault", "lens_did_not_take", "move_failed",
+                             "rollback_failed"})
 """Cycle reasons that count toward hold (safety.md, "Failures")."""
-HOLD_REASONS = frozenset({"c1-restore-failed", "refused-excursion"})
+HOLD_REASONS = frozenset({"c1_restore_failed", "refused_excursion"})
 """Reasons that put the daemon in hold at once, without a run of failures."""
 INVARIANTS = {
     "envelope": "every commanded position inside hardware limits, window and excursion around the "
@@ -200,7 +202,7 @@ class Watched:
             "op": "move", "target": (int(target.x), int(target.y)), "origin_truth": origin,
             "reference": state.reference, "session_start": parts.session_start, "time": parts.clock.now(),
             "journal_seq": parts.journal.last_seq, "hold": state.hold, "mode": state.mode,
-            "paused": is_paused(state, parts.wall()), "error": None}
+            "paused": is_paused(state.paused_until, parts.wall()), "error": None}
         self.events.append(event)
         try:
             return self.inner.move_aperture(target)
@@ -330,7 +332,7 @@ class Judge:
         if record and not (held is not None and "C1" in held):
             self.bad("c1", k, f"the C1 record {self.col.parts.memory.path} is left and the daemon is not in "
                      f"hold for it (hold {held!r}; outcome {result.outcome}/{result.reason})")
-        if not same_c1(now, pre["c1"]) and not (record and result.reason == "c1-restore-failed"):
+        if not same_c1(now, pre["c1"]) and not (record and result.reason == "c1_restore_failed"):
             self.bad("c1", k, f"C1 holds {now:.8g} after the cycle, {pre['c1']:.8g} before; outcome "
                      f"{result.outcome}/{result.reason}, record on disk: {record}")
 
@@ -376,7 +378,7 @@ class Judge:
                          f"{a.misalignment:.1f})")
         elif result.reason in FAILURE_REASONS:
             self.failures += 1
-        if result.outcome == "rolled_back" or result.reason == "rolled-back":
+        if result.outcome == "rolled_back" or result.reason == "rolled_back":
             if len(moves) != 2:
                 self.bad("verify", k, f"rolled back with {len(moves)} commands")
             else:
@@ -449,7 +451,7 @@ def run_scenario(plan: dict[str, Any], model: ModelEstimator) -> dict[str, Any]:
                         parts.state.update(mode="dry-run")
             state = parts.state.load(parts.settings.schedule.mode)
             pre = {"c1": float(col.twin.truth()["c1_setpoint"]), "state": state,
-                   "paused": is_paused(state, parts.wall())}
+                   "paused": is_paused(state.paused_until, parts.wall())}
             col.watched.events = []
             seq = parts.journal.last_seq
             result = None
@@ -732,8 +734,8 @@ def kill_campaign(seed: int, kills: int, progress: Any = None) -> dict[str, Any]
             try:
                 once = rig.request("once")
                 outcomes[f"{once['outcome']}/{once['reason']}"] += 1
-                if once["reason"] in ("aperture-moved", "c1-changed") and not (
-                        once["reason"] == "c1-changed" and expected_c1 != c1_ref):
+                if once["reason"] in ("aperture_moved", "c1_changed") and not (
+                        once["reason"] == "c1_changed" and expected_c1 != c1_ref):
                     findings.append({"seed": seed, "kill": n, "kind": "spurious-pause-after-restart",
                                      "what": f"first cycle after the restart: {once['reason']}: "
                                              f"{once['detail']} (nobody touched the column; in flight at "

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from temalign import shipped
 from temalign.clock import SteppedClock
 from temalign.config.schema import Settings
 from temalign.estimate.calibration import Calibration, nominal_calibration
@@ -33,7 +34,7 @@ from temalign_twin.service import TwinServer
 from temalign_twin.settings import TwinSettings
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED_MODEL = REPO / "models" / "wobble_physics.tflite"
+SHIPPED_MODEL = shipped.default_model()
 EXPOSURE_S = 0.1
 
 

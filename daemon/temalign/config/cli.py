@@ -1,8 +1,10 @@
 """`temalign config check|show [FILE]`: validate a config file before the daemon ever reads it.
 
 A bad file raises ConfigError, which temalign.cli prints as one `temalign: error: ...` and turns
-into exit status 2. pydantic and yaml are imported inside the handlers so `temalign --help` and
-the other subcommands stay quick."""
+into exit status 2. `check` also opens the configured model as the daemon will (open_model): a
+model or card that is missing, invalid or made for another wobble or source is a ModelError, exit
+status 2 as well, naming the file. pydantic, yaml and LiteRT are imported inside the handlers so
+`temalign --help` and the other subcommands stay quick."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-FILE_HELP = "config file (default: /etc/temalign/temalign.yaml, else the shipped config/temalign.yaml)"
+FILE_HELP = "config file (default: /etc/temalign/temalign.yaml, else the one shipped in the package)"
 
 
 def register(subparsers: Any) -> None:
@@ -23,7 +25,8 @@ def register(subparsers: Any) -> None:
     )
     actions = parser.add_subparsers(dest="config_action", required=True, metavar="ACTION")
     for name, handler, summary in (
-        ("check", check, "validate FILE; print FILE: OK and a summary, exit 0 (2 on a bad file)"),
+        ("check", check, "validate FILE and open its model; print FILE: OK and a summary, exit 0 "
+                         "(2 on a bad file, model or card)"),
         ("show", show, "print the effective settings of FILE, defaults filled in, as YAML"),
     ):
         action = actions.add_parser(name, help=summary, description=summary)
@@ -40,11 +43,19 @@ def _load(args: argparse.Namespace) -> tuple[Path, Any]:
     return path, apply_overrides(load_config(path), args.microscope)
 
 
+FRAMES_OF_SOURCE = {"camera": "raw", "screen": "display"}
+"""The kind of frame each source.kind gives (temalign.wobble.sources), which the model's card must take."""
+
+
 def check(args: argparse.Namespace) -> int:
-    """Load and validate; print a short summary of what the daemon would do with it."""
+    """Load and validate, open the model as the daemon will; print a short summary of what the
+    daemon would do with it."""
+    from temalign.estimate.model_estimator import open_model
+
     path, settings = _load(args)
+    model = open_model(settings, FRAMES_OF_SOURCE[settings.source.kind])
     print(f"{path}: OK")
-    for label, text in summary(settings):
+    for label, text in summary(settings, model.card):
         print(f"  {label:<11} {text}")
     return 0
 
@@ -63,8 +74,18 @@ def _seconds(value: float) -> str:
     return f"{value:g} s"
 
 
-def summary(settings: Any) -> list[tuple[str, str]]:
-    """(label, text) lines describing loaded Settings for a person."""
+def _model(settings: Any, card: dict[str, Any] | None) -> str:
+    path = settings.estimator.model
+    if card is None:
+        described = "" if path.is_file() else " (MISSING)"
+    else:
+        described = (f" (card: preprocess {card['preprocess']}, wobble {card['wobble_fraction']:g}, "
+                     f"{card['frames']} frames)")
+    return f"{path}{described}; estimators must agree within {settings.estimator.agreement_units:g} units"
+
+
+def summary(settings: Any, card: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """(label, text) lines describing loaded Settings for a person; `card`: the model's, once opened."""
     m, src, w = settings.microscope, settings.source, settings.wobble
     token = f"token from {m.token_file}" if m.token_file is not None else "no token"
     if src.kind == "camera":
@@ -85,8 +106,7 @@ def summary(settings: Any) -> list[tuple[str, str]]:
                    f"{w.restore_attempts} tries to restore C1"),
         ("state", f"{state}{'' if state.is_dir() else ' (missing: created at start)'}"),
         ("logging", f"{settings.logging.level}, {settings.logging.format}"),
-        ("model", f"{settings.estimator.model}{'' if settings.estimator.model.is_file() else ' (MISSING)'}; "
-                  f"estimators must agree within {settings.estimator.agreement_units:g} units"),
+        ("model", _model(settings, card)),
         ("envelope", f"window ±{sf.window_units:g}, excursion {sf.max_excursion_units:g}, step "
                      f"{sf.max_step_units:g}, deadband {sf.deadband_units:g}, gain {sf.gain:g}, "
                      f"{sf.rate_limit_units_per_hour:g} units/h ({sf.on_limit} beyond), hold after "

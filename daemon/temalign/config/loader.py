@@ -21,11 +21,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
+from temalign import shipped
 from temalign.config.schema import Settings, check_address
 from temalign.errors import ConfigError
 
 SYSTEM_CONFIG_PATH = Path("/etc/temalign/temalign.yaml")
-SHIPPED_CONFIG_PATH = Path(__file__).resolve().parents[3] / "config" / "temalign.yaml"
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_NESTING = 64
 MAX_REPORTED = 5
@@ -34,12 +34,15 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
 def default_config_path() -> Path:
-    """/etc/temalign/temalign.yaml where the site installed one, else the file shipped in the repo."""
-    for candidate in (SYSTEM_CONFIG_PATH, SHIPPED_CONFIG_PATH):
-        if candidate.is_file():
-            return candidate
+    """/etc/temalign/temalign.yaml where the site installed one, else the one shipped inside the
+    package (temalign/config/temalign.yaml, see temalign.shipped)."""
+    if SYSTEM_CONFIG_PATH.is_file():
+        return SYSTEM_CONFIG_PATH
+    packaged = shipped.config_path()
+    if packaged.is_file():
+        return packaged
     raise ConfigError(
-        f"no configuration file: neither {SYSTEM_CONFIG_PATH} nor the shipped {SHIPPED_CONFIG_PATH} "
+        f"no configuration file: neither {SYSTEM_CONFIG_PATH} nor the shipped {packaged} "
         "exists; name one on the command line"
     )
 

@@ -7,8 +7,8 @@ against the working directory.
 
 Adding a section (safety, scheduler, metrics, control...): subclass `Section` with defaults for
 every field, add it to `Settings` with `Field(default_factory=...)`. The loader's messages, `temalign
-config show` and the completeness tests (every key in config/temalign.yaml and docs/configuration.md)
-pick it up from the model."""
+config show` and the completeness tests (every key in the shipped temalign.yaml, temalign/config/, and
+docs/configuration.md) pick it up from the model."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from temalign import shipped
 from temalign.protocol.address import parse_address
 
 TOKEN_MAX_BYTES = 4096
@@ -269,8 +270,8 @@ class LoggingSettings(Section):
 
 
 def _shipped_model() -> Path:
-    """The model beside the sources (models/ of the checkout the package runs from)."""
-    return Path(__file__).resolve().parents[3] / "models" / "wobble_physics.tflite"
+    """The default model: the shipped `wobble_physics` (package data, temalign/models/)."""
+    return shipped.default_model()
 
 
 class EstimatorSettings(Section):
@@ -283,6 +284,15 @@ class EstimatorSettings(Section):
     classical_max_residual_px: Annotated[float, Field(gt=0.0, le=100.0)] = 3.0
     without_calibration: Literal["dry-run", "model-only"] = "dry-run"
 
+    @field_validator("model", mode="before")
+    @classmethod
+    def _shipped_name(cls, value: Any) -> Any:
+        """A bare name (`wobble_physics`: no directory part, no suffix) is a shipped model; anything
+        else is a path, resolved below."""
+        if isinstance(value, str) and shipped.is_model_name(value):
+            return shipped.model_path(value)
+        return value
+
     @field_validator("model")
     @classmethod
     def _model_path(cls, value: Path, info: ValidationInfo) -> Path:
@@ -290,7 +300,7 @@ class EstimatorSettings(Section):
 
 
 class QualitySettings(Section):
-    """When a stack is doubtful (safety.md): no move is made on it."""
+    """When a stack is doubtful (docs/safety.md): no move is made on it."""
 
     beam_min_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.2
     disc_min_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
@@ -299,7 +309,7 @@ class QualitySettings(Section):
 
 
 class SafetySettings(Section):
-    """The envelope of safety.md: every limit on what the daemon may command, in motor units."""
+    """The envelope of docs/safety.md: every limit on what the daemon may command, in motor units."""
 
     window_units: Annotated[float, Field(gt=0.0, le=5000.0)] = 400.0
     max_excursion_units: Annotated[float, Field(gt=0.0, le=5000.0)] = 350.0

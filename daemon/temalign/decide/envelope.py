@@ -1,6 +1,7 @@
-"""The safety envelope of safety.md as pure functions: what may be commanded, and what counts as a
-failure. No I/O and no clock: the caller passes positions, times and the trailing-hour path length,
-so every rule here can be tested exhaustively and replayed from the journal.
+"""The motion envelope of docs/safety.md (invariant 1, with its rate limit) and the deadband, as pure
+functions: what may be commanded. No I/O and no clock: the caller passes positions, times and the
+trailing-hour path length, so every rule here can be tested exhaustively and replayed from the
+journal.
 
 `decide` turns an estimate into one `Decision`. Its guarantee, for any inputs: a "move" targets an
 integer position inside the window, the excursion disc and the hardware limits, with a step at most
@@ -17,22 +18,23 @@ from typing import Literal
 
 from temalign.config.schema import SafetySettings
 from temalign.microscope import Limits
+from temalign.values import finite
 
 Action = Literal["move", "none", "refuse", "hold"]
 
 REASONS: dict[str, Action] = {
     "corrected": "move",
-    "scaled-max-step": "move",
-    "scaled-rate-limit": "move",
-    "within-deadband": "none",
-    "below-resolution": "none",
-    "refused-not-finite": "refuse",
-    "refused-invalid-input": "refuse",
-    "refused-max-step": "refuse",
-    "refused-rate-limit": "refuse",
-    "refused-window": "refuse",
-    "refused-hardware-limits": "refuse",
-    "refused-excursion": "hold",
+    "scaled_max_step": "move",
+    "scaled_rate_limit": "move",
+    "within_deadband": "none",
+    "below_resolution": "none",
+    "refused_not_finite": "refuse",
+    "refused_invalid_input": "refuse",
+    "refused_max_step": "refuse",
+    "refused_rate_limit": "refuse",
+    "refused_window": "refuse",
+    "refused_hardware_limits": "refuse",
+    "refused_excursion": "hold",
 }
 """Every reason `decide` gives, with the one action it always comes with."""
 
@@ -56,33 +58,26 @@ class Decision:
     limits_hit: tuple[str, ...]
 
 
-def _finite(values: Iterable[float]) -> bool:
-    try:
-        return all(math.isfinite(float(v)) for v in values)
-    except (TypeError, ValueError, OverflowError):
-        return False
-
-
 def _is_int(value: object) -> bool:
     if isinstance(value, bool):
         return False
     if isinstance(value, int):
         return abs(value) <= _EXACT_INT
-    return _finite((value,)) and float(value).is_integer() and abs(float(value)) <= _EXACT_INT  # type: ignore
+    return finite(value) and float(value).is_integer() and abs(float(value)) <= _EXACT_INT  # type: ignore
 
 
 def _is_point(point: object) -> bool:
-    try:
-        return len(point) == 2 and all(_is_int(v) for v in point)  # type: ignore[arg-type]
-    except TypeError:
+    if not isinstance(point, Iterable):
         return False
+    items = list(point)
+    return len(items) == 2 and all(_is_int(v) for v in items)
 
 
 def _is_vector(value: object) -> bool:
-    try:
-        return len(value) == 2 and _finite(value) and math.isfinite(math.hypot(*value))  # type: ignore
-    except TypeError:
+    if not isinstance(value, Iterable):
         return False
+    items = list(value)
+    return len(items) == 2 and finite(*items) and math.isfinite(math.hypot(*items))
 
 
 def _fmt(v: tuple[float, float]) -> str:
@@ -146,7 +141,7 @@ def decide(
     rounded to whole units and every limit is checked again on the rounded target; when the
     nearest rounding breaks one, the other roundings within one unit of the exact target are
     tried, and if none fits the move is refused (or held, for the excursion). A correction that
-    rounds to no move at all is "none"/"below-resolution". `step` is the integer move commanded
+    rounds to no move at all is "none"/"below_resolution". `step` is the integer move commanded
     (target - position); `requested` is (0, 0) when the estimate is not finite, so the record
     stays valid JSON."""
 
@@ -156,7 +151,7 @@ def decide(
         points["reference"] = reference
     for name, point in points.items():
         if not _is_point(point):
-            return Decision("refuse", "refused-invalid-input",
+            return Decision("refuse", "refused_invalid_input",
                             f"{name} {point!r} is not two whole motor units", None, _ZERO, _ZERO, ())
     position = (int(position[0]), int(position[1]))
     centre_name = "reference" if reference is not None else "session start"
@@ -164,21 +159,21 @@ def decide(
         int(session_start[0]), int(session_start[1]))
 
     if not _is_vector(estimate):
-        return Decision("refuse", "refused-not-finite", f"estimate {estimate!r} is not a finite 2-vector",
+        return Decision("refuse", "refused_not_finite", f"estimate {estimate!r} is not a finite 2-vector",
                         None, _ZERO, _ZERO, ())
     ex, ey = float(estimate[0]), float(estimate[1])
     requested = (gain * ex, gain * ey)
-    if not _finite((moved_last_hour,)):
-        return Decision("refuse", "refused-not-finite", f"moved_last_hour {moved_last_hour!r} is not finite",
+    if not finite(moved_last_hour):
+        return Decision("refuse", "refused_not_finite", f"moved_last_hour {moved_last_hour!r} is not finite",
                         None, _ZERO, requested, ())
     if moved_last_hour < 0:
-        return Decision("refuse", "refused-invalid-input",
+        return Decision("refuse", "refused_invalid_input",
                         f"moved_last_hour {moved_last_hour!r} is negative: the rate ledger is wrong",
                         None, _ZERO, requested, ())
 
     magnitude = math.hypot(ex, ey)
     if magnitude < settings.deadband_units:
-        return Decision("none", "within-deadband",
+        return Decision("none", "within_deadband",
                         f"|estimate| {magnitude:.3f} is below the deadband {settings.deadband_units:g}",
                         None, _ZERO, requested, ())
 
@@ -192,13 +187,13 @@ def decide(
     if largest > settings.max_step_units:
         limits_hit.append("max_step")
         if not scale_mode:
-            return Decision("refuse", "refused-max-step",
+            return Decision("refuse", "refused_max_step",
                             f"requested {_fmt(requested)} exceeds max_step "
                             f"{settings.max_step_units:g} per axis",
                             None, _ZERO, requested, tuple(limits_hit))
         factor = settings.max_step_units / largest
         step = (step[0] * factor, step[1] * factor)
-        reason = "scaled-max-step"
+        reason = "scaled_max_step"
         notes.append(f"scaled by {factor:.4g} to max_step {settings.max_step_units:g}")
 
     remaining = settings.rate_limit_units_per_hour - moved_last_hour
@@ -206,7 +201,7 @@ def decide(
     if length > remaining:
         limits_hit.append("rate_limit")
         if not scale_mode or remaining <= MIN_RATE_REMAINING:
-            return Decision("refuse", "refused-rate-limit",
+            return Decision("refuse", "refused_rate_limit",
                             f"step {_fmt(step)} (length {length:.3f}) exceeds the "
                             f"{max(remaining, 0.0):.3f} units left of "
                             f"{settings.rate_limit_units_per_hour:g} per hour "
@@ -214,7 +209,7 @@ def decide(
                             None, _ZERO, requested, tuple(limits_hit))
         factor = remaining / length
         step = (step[0] * factor, step[1] * factor)
-        reason = "scaled-rate-limit"
+        reason = "scaled_rate_limit"
         notes.append(f"scaled by {factor:.4g} to the {remaining:.3f} units left this hour")
 
     exact = (position[0] + step[0], position[1] + step[1])
@@ -224,7 +219,7 @@ def decide(
 
     nearest = (_nearest(exact[0]), _nearest(exact[1]))
     if nearest == position:
-        return Decision("none", "below-resolution",
+        return Decision("none", "below_resolution",
                         f"step {_fmt(step)} rounds to no move at {position}", None, _ZERO, requested,
                         tuple(limits_hit))
     candidates = sorted(
@@ -270,25 +265,37 @@ def _refusal(
     distance = math.hypot(target[0] - centre[0], target[1] - centre[1])
     where = f"target {_fmt(target)} is {distance:.3f} from the {centre_name} {centre}"
     if "max_excursion" in broken:
-        return Decision("hold", "refused-excursion",
+        return Decision("hold", "refused_excursion",
                         f"{prefix}{where}, past max_excursion {settings.max_excursion_units:g}: "
                         "drift that large needs a person", None, _ZERO, requested, hit)
     if "window" in broken:
         offset = (target[0] - centre[0], target[1] - centre[1])
-        return Decision("refuse", "refused-window",
+        return Decision("refuse", "refused_window",
                         f"{prefix}{where}, offset {_fmt(offset)} outside the window of "
                         f"±{settings.window_units:g} per axis", None, _ZERO, requested, hit)
     if "hardware" in broken and hardware is not None:
-        return Decision("refuse", "refused-hardware-limits",
+        return Decision("refuse", "refused_hardware_limits",
                         f"{prefix}target {_fmt(target)} is outside the hardware limits "
                         f"x {hardware.aperture_x}, y {hardware.aperture_y}", None, _ZERO, requested, hit)
     if "max_step" in broken:
-        return Decision("refuse", "refused-max-step",
+        return Decision("refuse", "refused_max_step",
                         f"{prefix}target {_fmt(target)} would exceed max_step {settings.max_step_units:g}",
                         None, _ZERO, requested, hit)
-    return Decision("refuse", "refused-rate-limit",
+    return Decision("refuse", "refused_rate_limit",
                     f"{prefix}target {_fmt(target)} would exceed the rate limit left this hour",
                     None, _ZERO, requested, hit)
+
+
+def check_aligned(delta: tuple[float, float] | None, deadband: float) -> str | None:
+    """The two-frame check's gate: a sentence when the check saw the column inside the deadband
+    (the cycle ends there, "checked"); None when it saw a misalignment or could not tell (the
+    full wobble follows and decides). The check itself never moves anything."""
+    if delta is None or not finite(*delta):
+        return None
+    seen = math.hypot(*delta)
+    if seen >= deadband:
+        return None
+    return f"two-frame check: |m| about {seen:.1f} units, inside the deadband ({deadband:g})"
 
 
 class RateLedger:
@@ -306,7 +313,7 @@ class RateLedger:
 
     def add(self, t: float, length: float) -> None:
         """Record a move of `length` units finished at `t`; older entries fall out of the window."""
-        if not _finite((t, length)) or length < 0:
+        if not finite(t, length) or length < 0:
             raise ValueError(f"a move needs a finite time and a finite length >= 0, got t={t!r}, {length!r}")
         cutoff = t - self.window_s
         self._entries = [e for e in self._entries if e[0] > cutoff]
@@ -314,7 +321,7 @@ class RateLedger:
 
     def moved_since(self, t_now: float) -> float:
         """The path length of the moves in the trailing window ending at `t_now`."""
-        if not _finite((t_now,)):
+        if not finite(t_now):
             raise ValueError(f"t_now must be finite, got {t_now!r}")
         cutoff = t_now - self.window_s
         return math.fsum(length for t, length in self._entries if t > cutoff)
@@ -334,51 +341,8 @@ class RateLedger:
                     or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in item)):
                 raise ValueError(f"rate ledger: expected [time, length], got {item!r}")
             t, length = item
-            if not _finite((t, length)) or length < 0:
+            if not finite(t, length) or length < 0:
                 raise ValueError(f"rate ledger: bad entry {item!r}")
             ledger._entries.append((float(t), float(length)))
         ledger._entries.sort()
         return ledger
-
-
-def is_worse(before: float, after: float, settings: SafetySettings) -> bool:
-    """True when |m| after a move exceeds |m| before by more than `rollback_margin` (noise).
-
-    A non-finite value is worse: nothing shows the move helped, and the previous position is
-    the one known state."""
-    if not _finite((before, after)):
-        return True
-    return abs(after) - abs(before) > settings.rollback_margin_units
-
-
-def motor_fault(target: tuple[int, int], read_back: tuple[int, int], settings: SafetySettings) -> bool:
-    """True when the read-back misses the target by more than the motor noise on either axis."""
-    if not _finite((*target, *read_back)):
-        return True
-    tolerance = settings.motor_tolerance_units
-    return abs(read_back[0] - target[0]) > tolerance or abs(read_back[1] - target[1]) > tolerance
-
-
-class FailureCounter:
-    """Failures in a row (rollback, motor fault, lens, protocol error during a move) toward hold.
-
-    Only real failures are counted: refusals for low confidence or the deadband are not
-    failures and must not be passed here (safety.md); a success resets the run."""
-
-    def __init__(self, limit: int) -> None:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(f"limit must be a whole number >= 1, got {limit!r}")
-        self.limit = limit
-        self.count = 0
-        self.kinds: list[str] = []
-
-    def failure(self, kind: str) -> bool:
-        """Count one failure of `kind`; True when the run has reached the limit (go to hold)."""
-        self.count += 1
-        self.kinds.append(kind)
-        return self.count >= self.limit
-
-    def success(self) -> None:
-        """A verified correction: the run of failures is over."""
-        self.count = 0
-        self.kinds = []

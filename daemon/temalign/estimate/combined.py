@@ -1,10 +1,9 @@
-"""Both estimators on one stack, and whether their estimate is trusted enough to move on.
+"""Both estimators on one stack, and the verdicts of decide/ on it: the stack's quality
+(decide.stack) first, then the estimator-agreement gate (decide.trust).
 
-The model (LiteRT) is the more accurate; the classical estimator (spot centroids through the
-column's calibration) fails in other ways. A move needs a clean stack and both to agree within
-`estimator.agreement_units` (safety.md invariant 3). The model's delta is re-mapped through the
-calibration (architecture.md: a twin-trained model knows the twin's rotation and magnification;
-`remap` turns that into the column's), so one model serves any column."""
+The model's delta is re-mapped through the calibration (architecture.md: a twin-trained model
+knows the twin's rotation and magnification; `remap` turns that into the column's), so one model
+serves any column."""
 
 from __future__ import annotations
 
@@ -13,12 +12,15 @@ import time
 from dataclasses import dataclass
 
 from temalign.config.schema import EstimatorSettings, QualitySettings
+from temalign.decide.stack import DOUBTFUL_STACK
+from temalign.decide.trust import MODEL_FAILED, ClassicalSays, Trust, agreement, model_verdict
 from temalign.errors import TemalignError
 from temalign.estimate.calibration import Calibration, nominal_calibration
 from temalign.estimate.classical import ClassicalEstimate, classical_estimate, remap
 from temalign.estimate.model_estimator import ModelError, ModelEstimator
 from temalign.estimate.quality import StackQuality, assess_stack
 from temalign.frames import WobbleStack
+from temalign.values import finite
 
 Vector = tuple[float, float]
 
@@ -27,9 +29,8 @@ Vector = tuple[float, float]
 class Measurement:
     """What one stack says: each estimator's delta, the one used, and why it is (not) trusted.
 
-    `reason` is a stable code: "agree", "model-only" (estimator.use: model, or no calibration and
-    the config allows it), "classical-only" (estimator.use: classical), "no-calibration",
-    "doubtful-stack", "model-failed", "classical-failed", "disagree"."""
+    `reason` is a stable code: decide.stack.DOUBTFUL_STACK or one of decide.trust's (agree,
+    model_only, classical_only, no_calibration, model_failed, classical_failed, disagree)."""
 
     quality: StackQuality
     model_delta: Vector | None
@@ -43,18 +44,21 @@ class Measurement:
     inference_ms: float = 0.0
     classical_ms: float = 0.0
 
+    @classmethod
+    def of(cls, quality: StackQuality, model_delta: Vector | None, classical: ClassicalEstimate | None,
+           trust: Trust, **times: float) -> Measurement:
+        return cls(quality, model_delta, classical, trust.delta, trust.confidence, trust.trusted,
+                   trust.reason, trust.detail, **times)
+
     @property
     def misalignment(self) -> float | None:
         """|delta|, the estimated distance from alignment (units), when there is an estimate."""
         return None if self.delta is None else math.hypot(*self.delta)
 
 
-def _finite(v: Vector | None) -> bool:
-    return v is not None and all(math.isfinite(x) for x in v)
-
-
 class CombinedEstimator:
-    """The model, the calibration (None until `temalign calibrate` ran) and the trust rules."""
+    """The model, the calibration (None until `temalign calibrate` ran) and the settings of the
+    gates it asks."""
 
     def __init__(self, model: ModelEstimator, calibration: Calibration | None, estimator: EstimatorSettings,
                  quality: QualitySettings) -> None:
@@ -72,32 +76,22 @@ class CombinedEstimator:
         """Estimate delta from one stack; never raises for a bad stack (it is a reason instead)."""
         quality = assess_stack(stack, self.quality_settings)
         if not quality.ok:
-            return Measurement(quality, None, None, None, 0.0, False, "doubtful-stack",
+            return Measurement(quality, None, None, None, 0.0, False, DOUBTFUL_STACK,
                                "; ".join(quality.reasons))
         try:
             estimate = self.model.predict(stack.images)
         except (ValueError, ModelError) as error:
-            return Measurement(quality, None, None, None, 0.0, False, "model-failed", str(error))
-        model_delta: Vector | None = estimate.delta
+            return Measurement(quality, None, None, None, 0.0, False, MODEL_FAILED, str(error))
+        model_delta: Vector = estimate.delta
         times = {"preprocess_ms": estimate.preprocess_ms, "inference_ms": estimate.inference_ms}
-        if self.remaps and self.calibration is not None and _finite(model_delta):
+        if self.remaps and self.calibration is not None and finite(*model_delta):
             model_delta = remap(model_delta, self.basis, self.calibration)
-        if not _finite(model_delta):
-            return Measurement(quality, model_delta, None, None, 0.0, False, "model-failed",
-                               f"the model's estimate is not finite: {model_delta}", **times)
-        if self.settings.use == "model":
-            return Measurement(quality, model_delta, None, model_delta, 0.5, True, "model-only",
-                               "the model alone (estimator.use: model)", **times)
-        if self.calibration is None:
-            if self.settings.use == "classical":
-                return Measurement(quality, model_delta, None, None, 0.0, False, "no-calibration",
-                                   "estimator.use: classical needs a calibration (temalign calibrate)",
-                                   **times)
-            if self.settings.without_calibration == "model-only":
-                return Measurement(quality, model_delta, None, model_delta, 0.5, True, "model-only",
-                                   "no calibration: the model alone (estimator.without_calibration)", **times)
-            return Measurement(quality, model_delta, None, model_delta, 0.0, False, "no-calibration",
-                               "no calibration yet (temalign calibrate): measured, not moved", **times)
+        settings = self.settings
+        verdict = model_verdict(model_delta, use=settings.use, calibrated=self.calibration is not None,
+                                without_calibration=settings.without_calibration)
+        if verdict is not None:
+            return Measurement.of(quality, model_delta, None, verdict, **times)
+        assert self.calibration is not None
         t0 = time.perf_counter()
         try:
             classical = classical_estimate(stack, self.calibration, quality.frame_usable,
@@ -105,22 +99,6 @@ class CombinedEstimator:
         except (ValueError, TemalignError) as error:
             classical = ClassicalEstimate(None, None, math.nan, 0, str(error))
         times["classical_ms"] = (time.perf_counter() - t0) * 1e3
-        if not _finite(classical.delta):
-            return Measurement(quality, model_delta, classical, None, 0.0, False, "classical-failed",
-                               classical.reason or "the classical estimate is not finite", **times)
-        if classical.residual_px > self.settings.classical_max_residual_px:
-            return Measurement(quality, model_delta, classical, None, 0.0, False, "classical-failed",
-                               f"the spot walk is not a line: rms residual {classical.residual_px:.2f} px "
-                               f"(estimator.classical_max_residual_px "
-                               f"{self.settings.classical_max_residual_px})", **times)
-        if self.settings.use == "classical":
-            return Measurement(quality, model_delta, classical, classical.delta, 0.5, True, "classical-only",
-                               "the classical estimator alone (estimator.use: classical)", **times)
-        gap = math.hypot(model_delta[0] - classical.delta[0], model_delta[1] - classical.delta[1])
-        confidence = max(0.0, 1.0 - gap / self.settings.agreement_units)
-        if gap > self.settings.agreement_units:
-            return Measurement(quality, model_delta, classical, None, confidence, False, "disagree",
-                               f"model and classical estimates differ by {gap:.1f} units "
-                               f"(estimator.agreement_units {self.settings.agreement_units})", **times)
-        return Measurement(quality, model_delta, classical, model_delta, confidence, True, "agree",
-                           f"model and classical agree within {gap:.1f} units", **times)
+        said = ClassicalSays(classical.delta, classical.residual_px, classical.reason)
+        verdict = agreement(model_delta, said, settings)
+        return Measurement.of(quality, model_delta, classical, verdict, **times)

@@ -10,7 +10,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,6 +18,9 @@ from temalign.errors import TemalignError
 from temalign.estimate import card as cards
 from temalign.estimate.litert_model import LiteModel
 from temalign.estimate.preprocess import resolve
+
+if TYPE_CHECKING:
+    from temalign.config.schema import Settings
 
 
 class ModelError(TemalignError):
@@ -105,3 +108,17 @@ def check_compatible(card: dict[str, Any], *, wobble_fraction: float, frames: st
         source = "screen" if frames == "display" else "camera"
         raise ModelError(f"the model's card says it takes {declared!r} frames, but source.kind {source} "
                          f"gives {frames!r} frames: use a model for {frames!r} (or 'any') frames")
+
+
+def open_model(settings: Settings, frames: str) -> ModelEstimator:
+    """The configured model (`estimator.model`, on `estimator.threads` threads), loaded and checked
+    against the configured wobble and the kind of `frames` the source gives ("raw" from the camera,
+    "display" from the screen): the one way `temalign config check` and the daemon open it. Raises
+    ModelError (exit status 2) naming the file when the model or its card is missing, invalid or
+    made for another wobble or source."""
+    model = ModelEstimator(settings.estimator.model, settings.estimator.threads)
+    try:
+        check_compatible(model.card, wobble_fraction=settings.wobble.fraction, frames=frames)
+    except ModelError as error:
+        raise ModelError(f"model {model.path} (card {cards.card_path(model.path)}): {error}") from None
+    return model

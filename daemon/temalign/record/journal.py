@@ -1,4 +1,4 @@
-"""The write-ahead journal (safety.md, invariant 6): every measurement, decision and move, one JSON
+"""The write-ahead journal (docs/safety.md, invariant 6): every measurement, decision and move, one JSON
 object per line, fsynced before `append` returns, so a crash at any point leaves a record of what
 the hardware may be doing.
 
@@ -21,32 +21,28 @@ seq; `pending()` lists intents with no outcome yet. Every rotated-to file starts
 that entry does not count toward `max_bytes`, so many pending intents cannot make every append
 rotate.
 
-Values: numpy scalars and arrays, tuples, sets, paths, enums, datetimes and dataclasses become
-plain JSON; a float that is not finite is written as the string "NaN", "Infinity" or "-Infinity"
-(not null: "the estimate was NaN" and "a pause until resumed (inf)" must stay distinguishable from
-"no value"), so every line is strict JSON. Anything else raises TypeError before a byte is
-written."""
+Values become JSON by the one rule of temalign/values.py (`jsonable`: a float that is not finite
+is the string "NaN", "Infinity" or "-Infinity"), so every line is strict JSON; a value without a
+JSON form raises TypeError before a byte is written. Reason codes that journals before 0.2 wrote in
+kebab-case are read back in today's snake_case."""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import enum
 import fcntl
 import json
-import math
 import os
 import re
-import sys
 import threading
 from collections.abc import Iterator
-from datetime import UTC, date, datetime
-from pathlib import Path, PurePath
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from temalign.clock import Clock
 from temalign.durable import fsync_dir
 from temalign.errors import TemalignError
+from temalign.values import jsonable
 
 ACTIVE_NAME = "journal.jsonl"
 LOCK_NAME = "journal.lock"
@@ -56,7 +52,6 @@ ROTATED_KIND = "journal.rotated"
 REPAIRED_KIND = "journal.repaired"
 RESERVED = frozenset({"seq", "time", "t", "kind", "phase", "op"})
 _ROTATED = re.compile(r"^journal\.(\d+)\.jsonl$")
-_NONFINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
 
 class JournalError(TemalignError):
@@ -80,46 +75,24 @@ def _utc_now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def plain(value: Any, where: str = "value") -> Any:
-    """`value` as strict JSON data (see the module's docstring); TypeError naming `where` if it has
-    no JSON form, so a bad field fails at the call rather than as a half-written line."""
-    if value is None or isinstance(value, bool | str):
-        return value
-    if isinstance(value, int):
-        return int(value)
-    if isinstance(value, float):
-        if math.isfinite(value):
-            return float(value)
-        return _NONFINITE.get(value, "NaN")
+LEGACY_REASONS = {code.replace("_", "-"): code for code in (
+    "c1_changed", "aperture_moved", "c1_restore_failed", "lens_did_not_take", "model_only", "classical_only",
+    "no_calibration", "doubtful_stack", "model_failed", "classical_failed", "scaled_max_step",
+    "scaled_rate_limit", "within_deadband", "below_resolution", "refused_not_finite", "refused_invalid_input",
+    "refused_max_step", "refused_rate_limit", "refused_window", "refused_hardware_limits",
+    "refused_excursion", "move_failed", "motor_fault", "rolled_back", "rollback_failed")}
+"""Reason codes as journals before 0.2 wrote them (kebab-case), and their name now: a reader sees
+today's codes in any journal (record/result.py: one convention for outcomes and reasons)."""
+
+
+def _current_codes(value: Any) -> Any:
+    """`value` with every legacy reason code (a "reason" field, at any depth) in today's form."""
     if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            if not isinstance(key, str | int) or isinstance(key, bool):
-                raise TypeError(f"journal field {where}: key {key!r} is not a string")
-            out[str(key)] = plain(item, f"{where}.{key}")
-        return out
-    if isinstance(value, list | tuple):
-        return [plain(item, f"{where}[{i}]") for i, item in enumerate(value)]
-    if isinstance(value, set | frozenset):
-        items = [plain(item, f"{where}[]") for item in value]
-        with contextlib.suppress(TypeError):
-            items.sort()
-        return items
-    if isinstance(value, enum.Enum):
-        return plain(value.value, where)
-    if isinstance(value, PurePath):
-        return str(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    numpy = sys.modules.get("numpy")
-    if numpy is not None:
-        if isinstance(value, numpy.ndarray):
-            return plain(value.tolist(), where)
-        if isinstance(value, numpy.generic):
-            return plain(value.item(), where)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return plain(dataclasses.asdict(value), where)
-    raise TypeError(f"journal field {where}: a {type(value).__name__} has no JSON form")
+        return {key: (LEGACY_REASONS.get(item, item) if key == "reason" and isinstance(item, str)
+                      else _current_codes(item)) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_current_codes(item) for item in value]
+    return value
 
 
 def _encode(entry: dict[str, Any]) -> bytes:
@@ -137,7 +110,7 @@ def _decode(line: bytes) -> tuple[dict[str, Any] | None, str]:
     seq = entry.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(entry.get("kind"), str):
         return None, "no integer seq or no kind"
-    return entry, ""
+    return _current_codes(entry), ""
 
 
 def _parse(data: bytes, path: Path, *, torn_tail: bool) -> tuple[list[dict[str, Any]], int]:
@@ -344,7 +317,7 @@ class Journal:
         clash = RESERVED.intersection(fields)
         if clash:
             raise ValueError(f"journal fields {sorted(clash)} are reserved")
-        body = {key: plain(value, key) for key, value in fields.items()}
+        body = {key: jsonable(value, f"journal field {key}") for key, value in fields.items()}
         with self._lock:
             self._usable()
             entry = self._entry(self._seq + 1, kind, head, body)
@@ -358,7 +331,7 @@ class Journal:
     def _entry(self, seq: int, kind: str, head: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
         entry: dict[str, Any] = {"seq": seq, "time": _utc_now()}
         if self._clock is not None:
-            entry["t"] = plain(float(self._clock.now()))
+            entry["t"] = jsonable(float(self._clock.now()))
         entry["kind"] = kind
         entry.update(head)
         if "op" in head and head["op"] is None:

@@ -6,19 +6,16 @@ daemon's own structlog events and library loggers (apscheduler, ...) come out in
 
 from __future__ import annotations
 
-import datetime as _dt
-import enum
 import json
 import logging
-import math
-import os
 import sys
-from collections.abc import Mapping
 from typing import Any, TextIO
 
 import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
+
+from temalign.values import jsonable
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("auto", "json", "console")
@@ -26,43 +23,14 @@ FORMATS = ("auto", "json", "console")
 _HANDLER_NAME = "temalign"
 
 
-def json_safe(value: Any) -> Any:
-    """`value` as plain JSON types: numpy scalars and arrays unwrapped, tuples to lists, NaN/inf to None."""
-    if value is None or isinstance(value, bool | str | int):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, enum.Enum):
-        return json_safe(value.value)
-    if isinstance(value, Mapping):
-        return {str(key): json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [json_safe(item) for item in value]
-    if isinstance(value, _dt.datetime | _dt.date | _dt.time):
-        return value.isoformat()
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    tolist = getattr(value, "tolist", None)
-    if callable(tolist):
-        return json_safe(tolist())
-    item = getattr(value, "item", None)
-    if callable(item):
-        return json_safe(item())
-    if hasattr(value, "__float__"):
-        return json_safe(float(value))
-    return str(value)
-
-
 _LEADING_KEYS = ("timestamp", "level", "logger", "event")
 
 
-def _json_safe_event(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+def _jsonable_event(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
     """JSON types only, and the keys a person scans for first."""
     ordered = {key: event_dict[key] for key in _LEADING_KEYS if key in event_dict}
     ordered.update(event_dict)
-    return {str(key): json_safe(value) for key, value in ordered.items()}
+    return {str(key): jsonable(value, str(key), default=str) for key, value in ordered.items()}
 
 
 def _serialize(obj: Any, **kwargs: Any) -> str:
@@ -100,7 +68,7 @@ def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> Non
         final = [
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.ExceptionRenderer(ExceptionDictTransformer(show_locals=False)),
-            _json_safe_event,
+            _jsonable_event,
             renderer,
         ]
     else:
@@ -143,11 +111,12 @@ _CYCLE_LEVELS = {"error": logging.ERROR, "rolled_back": logging.WARNING, "hold":
 def cycle_line(logger: Any, **fields: Any) -> None:
     """Emit the one canonical line of a cycle: event "cycle" with every figure of it as a field.
 
-    Values are made JSON-safe here (numpy scalars, tuples, NaN -> null) so the line reads the same in
-    either format. Its level follows `outcome`: error for "error", warning for rollbacks, hold and
-    limit refusals, info otherwise, so a filter on the level finds the cycles that need a look.
+    Values are made JSON here by the one rule of temalign/values.py (numpy scalars, tuples; NaN as
+    "NaN") so the line reads the same in either format. Its level follows `outcome`: error for
+    "error", warning for rollbacks, hold and limit refusals, info otherwise, so a filter on the
+    level finds the cycles that need a look.
     """
-    safe = {key: json_safe(value) for key, value in fields.items()}
+    safe = {key: jsonable(value, key, default=str) for key, value in fields.items()}
     safe.pop("event", None)
     level = _CYCLE_LEVELS.get(str(safe.get("outcome")), logging.INFO)
     logger.log(level, "cycle", **safe)

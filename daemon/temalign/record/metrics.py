@@ -30,21 +30,8 @@ from prometheus_client import (
 )
 
 from temalign.errors import TemalignError
-
-CYCLE_OUTCOMES = (
-    "corrected",
-    "within_deadband",
-    "checked",
-    "refused_low_confidence",
-    "refused_doubtful_stack",
-    "refused_limit",
-    "rolled_back",
-    "hold",
-    "dry_run",
-    "skipped",
-    "error",
-)
-"""Every outcome a cycle can have; `temalign_cycles_total` carries each from the start, at 0."""
+from temalign.record.result import MICROSCOPE_UNREACHABLE, OUTCOMES, CycleResult
+from temalign.values import finite
 
 STATES = ("running", "paused", "hold", "dry_run", "starting", "stopping")
 """The values of the `temalign_state` enum."""
@@ -64,10 +51,6 @@ NAMESPACE = "temalign"
 
 class MetricsError(TemalignError):
     """The metrics endpoint could not be started (typically: its port is taken)."""
-
-
-def _finite(value: float | None) -> bool:
-    return value is not None and math.isfinite(float(value))
 
 
 def _gauge_value(value: float | None) -> float:
@@ -161,7 +144,7 @@ class Metrics:
             "1 when a calibration for the classical estimator is loaded, else 0",
             namespace=NAMESPACE, registry=r)
 
-        for outcome in CYCLE_OUTCOMES:
+        for outcome in OUTCOMES:
             self.cycles.labels(outcome=outcome)
         for limit in LIMITS:
             self.limit_hits.labels(limit=limit)
@@ -206,6 +189,31 @@ class Metrics:
         if thread is not None:
             thread.join(timeout=5.0)
 
+    def observe(self, result: CycleResult, *, reference: tuple[int, int] | None,
+                timestamp: float | None = None) -> None:
+        """Everything one finished cycle says: its outcome and figures, each estimator's time, the
+        limits its decision hit, and whether the microscope answered. The drift is where the
+        aperture should be (position + estimate) against the session's `reference`."""
+        before, after = result.before, result.after
+        estimate = result.estimate
+        drift = None
+        if estimate is not None and result.position_before and reference:
+            drift = (result.position_before[0] + estimate[0] - reference[0],
+                     result.position_before[1] + estimate[1] - reference[1])
+        self.observe_cycle(outcome=result.outcome, duration_s=result.duration_s, estimate=estimate,
+                           applied=result.applied, position=result.position_after, drift=drift,
+                           misalignment_after=after.misalignment if after else None,
+                           confidence=before.confidence if before else None, timestamp=timestamp)
+        for measurement in (before, after):
+            if measurement is not None and measurement.inference_ms:
+                self.observe_inference("model", (measurement.preprocess_ms + measurement.inference_ms) / 1e3)
+            if measurement is not None and measurement.classical_ms:
+                self.observe_inference("classical", measurement.classical_ms / 1e3)
+        if result.decision is not None:
+            for limit in result.decision.limits_hit:
+                self.limit_hit(limit)
+        self.set_connection(result.reason != MICROSCOPE_UNREACHABLE)
+
     def observe_cycle(
         self,
         *,
@@ -227,12 +235,12 @@ class Metrics:
         outcome but "error" counts as success for `temalign_last_success_timestamp_seconds`, so a
         paused daemon that records its "skipped" cycles does not look dead.
         """
-        if outcome not in CYCLE_OUTCOMES:
-            raise ValueError(f"unknown outcome {outcome!r}; expected one of {', '.join(CYCLE_OUTCOMES)}")
+        if outcome not in OUTCOMES:
+            raise ValueError(f"unknown outcome {outcome!r}; expected one of {', '.join(OUTCOMES)}")
         when = time.time() if timestamp is None else float(timestamp)
         with self._lock:
             self.cycles.labels(outcome=outcome).inc()
-            if _finite(duration_s) and duration_s >= 0:
+            if finite(duration_s) and duration_s >= 0:
                 self.cycle_duration.observe(float(duration_s))
             if estimate is not None:
                 self._per_axis(self.misalignment_estimate, estimate)

@@ -1,4 +1,4 @@
-"""What survives a restart (safety.md, "What survives a restart"): pause (with its end), dry-run,
+"""What survives a restart (docs/safety.md, "What survives a restart"): pause (with its end), dry-run,
 hold, the reference, and where the daemon last left the column (for the hands-on-the-column
 check), kept in `state.json` in the state directory.
 
@@ -17,7 +17,6 @@ import dataclasses
 import fcntl
 import json
 import math
-import numbers
 import os
 import threading
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from typing import Any, Literal
 
 from temalign.durable import atomic_write
 from temalign.errors import TemalignError
+from temalign.values import finite
 
 STATE_NAME = "state.json"
 LOCK_NAME = "state.lock"
@@ -53,13 +53,9 @@ def _optional_pair(name: str, value: object) -> tuple[int, int] | None:
     if value is None:
         return None
     if (not isinstance(value, list | tuple) or len(value) != 2
-            or not all(_real(v) and math.isfinite(v) for v in value)):
+            or not finite(*value)):
         raise ValueError(f"{name} must be two numbers (motor units) or null, got {value!r}")
     return round(value[0]), round(value[1])
-
-
-def _real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -81,12 +77,12 @@ class RunState:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         until = self.paused_until
         if until is not None:
-            if not _real(until) or math.isnan(until) or until == -math.inf:
+            if not (finite(until) or until == math.inf):
                 raise ValueError(f"paused_until must be epoch seconds, inf or null, got {until!r}")
             object.__setattr__(self, "paused_until", float(until))
         c1 = self.last_c1
         if c1 is not None:
-            if not _real(c1) or not math.isfinite(c1):
+            if not finite(c1):
                 raise ValueError(f"last_c1 must be a finite number or null, got {c1!r}")
             object.__setattr__(self, "last_c1", float(c1))
         for name in ("pause_reason", "hold", "reference_set_by"):
@@ -124,11 +120,6 @@ class RunState:
         if fields["mode"] is None:
             fields["mode"] = default_mode
         return cls(**fields)
-
-
-def is_paused(state: RunState, now_epoch: float) -> bool:
-    """True while a pause lasts: until its end time (wall clock), forever for math.inf."""
-    return state.paused_until is not None and now_epoch < state.paused_until
 
 
 class StateStore:

@@ -3,7 +3,7 @@
 Three wobbles: at the start position (walk s0), `step` units along +x (s1) and along +y (s2). The
 walk is linear in the misalignment, so M @ [d1 d2] = [s1 - s0, s2 - s0] with d1, d2 the
 displacements the motor actually made (read back, not assumed). The aperture is a tool's to move
-here (safety.md, "Tools"), so it goes back to where it started whatever ends the calibration; C1
+here (docs/safety.md, "Tools"), so it goes back to where it started whatever ends the calibration; C1
 is the wobble's to restore."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The control socket: how `temalign status|pause|resume|once|...` reach the running daemon.
 
-A Unix stream socket (owner and group only, mode 0660: safety.md invariant 7), one JSON object per
+A Unix stream socket (owner and group only, mode 0660: docs/safety.md invariant 7), one JSON object per
 line each way: `{"verb": "pause", "args": {...}}` -> `{"ok": true, "result": {...}}` or
 `{"ok": false, "error": "..."}`. Each request is audited with the peer's uid (SO_PEERCRED)."""
 
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from temalign.errors import TemalignError
+from temalign.values import jsonable
 
 MAX_REQUEST_BYTES = 64 * 1024
 Handler = Callable[[str, dict[str, Any], int | None], dict[str, Any]]
@@ -148,7 +149,8 @@ def _read_line(conn: socket.socket) -> str:
 def _send(conn: socket.socket, obj: dict[str, Any]) -> None:
     """Best effort: a client that went away gets nothing, and the daemon carries on."""
     with contextlib.suppress(OSError):
-        conn.sendall((json.dumps(obj, default=str) + "\n").encode("utf-8"))
+        line = json.dumps(jsonable(obj, "reply", default=str), allow_nan=False)
+        conn.sendall((line + "\n").encode("utf-8"))
 
 
 def _answers(path: Path) -> bool:
@@ -200,7 +202,7 @@ def is_running(path: Path) -> bool:
 
 def refuse_if_daemon_active(path: Path, what: str) -> None:
     """Tools that move the aperture beyond the daemon's envelope (acquisition) run only while no
-    daemon runs, or while it is paused or in hold (safety.md, Tools): two controllers would fight."""
+    daemon runs, or while it is paused or in hold (docs/safety.md, Tools): two controllers would fight."""
     if not is_running(path):
         return
     try:

@@ -1,38 +1,30 @@
-"""The durable record that makes "C1 always comes back" survive a kill (safety.md, invariant 2).
+"""The durable record that makes "C1 always comes back" survive a kill (docs/safety.md, invariant 2).
 
 Before the first change of C1 a wobble writes, atomically and durably, the value C1 had and the
 values it is about to set; a successful restore removes the record. A record found at start
 therefore means a wobble died or failed to restore, and `recover` decides what to do: restore C1
 only while it still holds a value that wobble set (the daemon's own doing), leave it alone when
-it holds anything else (a person changed the optics since: safety.md, "after a crash
+it holds anything else (a person changed the optics since: docs/safety.md, "after a crash
 mid-wobble"), and just clear the record when C1 is already back."""
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from temalign.decide.column import C1_TOLERANCE, same_c1
 from temalign.durable import atomic_write, fsync_dir
 from temalign.microscope import Microscope
 from temalign.protocol.errors import ProtocolError
+from temalign.values import finite
 from temalign.wobble.errors import C1RestoreFailed, PendingRecord, WobbleError
 
 RECORD_NAME = "c1-wobble.json"
 RECORD_VERSION = 1
-DEFAULT_TOLERANCE = 1e-4
-"""Relative difference under which two C1 values are the same: far below a wobble step (1 % at a
-3 % wobble), far above the rounding of a lens read-back."""
-
-
-def same_c1(a: float, b: float, tolerance: float = DEFAULT_TOLERANCE) -> bool:
-    """True if C1 values a and b are the same setting (relative to their size)."""
-    return abs(a - b) <= tolerance * max(abs(a), abs(b), 1e-12)
-
-
 @dataclass(frozen=True)
 class C1Record:
     """What a wobble left on disk: C1 before it, and every value it sets."""
@@ -42,7 +34,7 @@ class C1Record:
     started: float
     pid: int
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, object]:
         return {"version": RECORD_VERSION, "c1_before": self.c1_before, "values": list(self.values),
                 "started": self.started, "pid": self.pid}
 
@@ -50,18 +42,16 @@ class C1Record:
     def from_json(cls, data: object) -> C1Record:
         if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
             raise ValueError(f"not a version-{RECORD_VERSION} C1 record")
-        before, values = data.get("c1_before"), data.get("values")
-        if not _finite_number(before):
+        before: Any = data.get("c1_before")
+        values: Any = data.get("values")
+        if not finite(before):
             raise ValueError(f"c1_before is not a finite number: {before!r}")
-        if not isinstance(values, list) or not all(_finite_number(v) for v in values):
+        if not isinstance(values, list) or not all(finite(v) for v in values):
             raise ValueError("values is not a list of finite numbers")
-        started, pid = data.get("started", 0.0), data.get("pid", 0)
+        started: Any = data.get("started", 0.0)
+        pid: Any = data.get("pid", 0)
         return cls(float(before), tuple(float(v) for v in values),
-                   float(started) if _finite_number(started) else 0.0, pid if isinstance(pid, int) else 0)
-
-
-def _finite_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+                   float(started) if finite(started) else 0.0, pid if isinstance(pid, int) else 0)
 
 
 class CorruptRecord(ValueError):
@@ -72,7 +62,7 @@ class C1Memory:
     """The record in `state_dir`: `begin` before the first change, `clear` after a verified restore,
     `recover` at start."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], tolerance: float = DEFAULT_TOLERANCE) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], tolerance: float = C1_TOLERANCE) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / RECORD_NAME
         self.tolerance = tolerance

@@ -1,7 +1,7 @@
 """The wobble: step C1 through seven values, grab a frame after each settle, put C1 back.
 
 This is the one place that changes C1 during normal work, so it carries invariant 2 of
-safety.md: C1 is recorded durably before the first change, and it is put back (and read back)
+docs/safety.md: C1 is recorded durably before the first change, and it is put back (and read back)
 whatever ends the wobble: an error reply, a lost connection, a deadline, a failing image source,
 a lens that did not take its value, a saturated frame, KeyboardInterrupt. The original error is
 re-raised after the restore; when the restore itself fails, `C1RestoreFailed` says so and the
@@ -18,10 +18,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from temalign.clock import Clock
+from temalign.decide.column import C1_TOLERANCE, same_c1
+from temalign.decide.stack import camera_at_risk
 from temalign.frames import Frame, WobbleStack
 from temalign.microscope import Microscope
+from temalign.optics import WOBBLE_STEPS, wobble_values
 from temalign.protocol.errors import DeadlineExceeded
-from temalign.wobble.c1_memory import DEFAULT_TOLERANCE, C1Memory, same_c1
+from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.errors import (
     C1RestoreFailed,
     CameraProtectionAbort,
@@ -31,21 +34,13 @@ from temalign.wobble.errors import (
 )
 from temalign.wobble.sources import ImageSource
 
-STEPS = 7
 DEFAULT_SATURATION_ABORT_FRACTION = 0.05
-"""More than this fraction of a frame's pixels saturated stops the wobble (safety.md, camera
+"""More than this fraction of a frame's pixels saturated stops the wobble (docs/safety.md, camera
 protection); the focused spot alone covers well under 1 % of the frame."""
 RAW_CEILING = 65535.0
 RESTORE_BACKOFF_S = 0.5
 """Clock seconds between restore attempts, times the attempt number: gives a reconnect or a
 busy server a moment without holding C1 off for long."""
-
-
-def c1_series(c0: float, fraction: float, steps: int = STEPS) -> tuple[float, ...]:
-    """c_k = c0 * (1 + w * (k - 3) / 3), k = 0..6 (twin.md): symmetric about c0, c0 itself in the
-    middle, +-w at the ends."""
-    half = (steps - 1) / 2
-    return tuple(c0 * (1.0 + fraction * (k - half) / half) for k in range(steps))
 
 
 def saturated_fraction(frame: Frame, level: float | None) -> float:
@@ -69,11 +64,11 @@ def _check_args(fraction: float, settle_s: float, restore_attempts: int,
 
 def _check_steps(steps: Sequence[int] | None) -> tuple[int, ...]:
     if steps is None:
-        return tuple(range(STEPS))
+        return tuple(range(WOBBLE_STEPS))
     picked = tuple(steps)
-    if (len(picked) < 2 or len(set(picked)) != len(picked)
-            or not all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < STEPS for k in picked)):
-        raise ValueError(f"steps must be two or more distinct indices 0..{STEPS - 1}, got {steps!r}")
+    indices = all(isinstance(k, int) and not isinstance(k, bool) and 0 <= k < WOBBLE_STEPS for k in picked)
+    if len(picked) < 2 or len(set(picked)) != len(picked) or not indices:
+        raise ValueError(f"steps must be two or more distinct indices 0..{WOBBLE_STEPS - 1}, got {steps!r}")
     return picked
 
 
@@ -88,7 +83,7 @@ def _check_limits(microscope: Microscope, values: tuple[float, ...], c0: float) 
 def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, settle_s: float,
            clock: Clock, memory: C1Memory, restore_attempts: int = 5,
            saturation_abort_fraction: float = DEFAULT_SATURATION_ABORT_FRACTION,
-           saturation_level: float | None = None, tolerance: float = DEFAULT_TOLERANCE,
+           saturation_level: float | None = None, tolerance: float = C1_TOLERANCE,
            steps: Sequence[int] | None = None) -> WobbleStack:
     """One wobble around the present C1 value; returns its frames (7, or those of `steps`) and
     what was done.
@@ -103,7 +98,8 @@ def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, sett
     _check_args(fraction, settle_s, restore_attempts, saturation_abort_fraction)
     picked = _check_steps(steps)
     c0 = microscope.c1()
-    values = tuple(c1_series(c0, fraction)[k] for k in picked)
+    series = wobble_values(c0, fraction)
+    values = tuple(float(series[k]) for k in picked)
     _check_limits(microscope, values, c0)
     level = saturation_level
     if level is None and source.kind == "raw":
@@ -135,7 +131,7 @@ def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, sett
             _check_frame(frame, frames, k)
             sat = saturated_fraction(frame, level)
             saturation.append(sat)
-            if sat > saturation_abort_fraction:
+            if camera_at_risk(sat, saturation_abort_fraction):
                 raise CameraProtectionAbort(
                     f"frame {k} (C1 = {value:.6g}): {sat:.1%} of the pixels are saturated (limit "
                     f"{saturation_abort_fraction:.1%}); wobble stopped to protect the camera: shorten "
@@ -203,7 +199,7 @@ def _describe(error: BaseException | None) -> str:
 
 
 def restore_c1(microscope: Microscope, c0: float, *, attempts: int, clock: Clock,
-               tolerance: float = DEFAULT_TOLERANCE) -> tuple[str | None, KeyboardInterrupt | None]:
+               tolerance: float = C1_TOLERANCE) -> tuple[str | None, KeyboardInterrupt | None]:
     """Set C1 to c0 and read it back, up to `attempts` times; returns (None, ...) once it reads c0,
     else a summary of what went wrong. A lost connection is retried through the client's own
     reconnect on the next call. A KeyboardInterrupt does not cut the restore short: it is handed
