@@ -6,10 +6,11 @@ look normal. Each fault has a `count` of calls it affects (None: until cleared).
 
 from __future__ import annotations
 
-import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
+
+from temalign.values import finite
 
 TRANSPORT_KINDS = ("drop", "slow", "silence", "malformed", "error")
 HARDWARE_KINDS = ("blank", "stuck", "overshoot", "lens_ignore", "jump")
@@ -67,7 +68,7 @@ _PARAMS = {
 
 
 def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if not finite(value):
         raise FaultError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 

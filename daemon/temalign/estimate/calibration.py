@@ -17,6 +17,7 @@ import numpy as np
 
 from temalign import optics
 from temalign.durable import atomic_write
+from temalign.values import finite
 
 CALIBRATION_NAME = "calibration.json"
 MAX_CONDITION = 20.0
@@ -48,8 +49,8 @@ def _check_matrix(matrix: Any) -> Matrix:
     return ((float(m[0, 0]), float(m[0, 1])), (float(m[1, 0]), float(m[1, 1])))
 
 
-def _finite(name: str, value: Any, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+def _number(name: str, value: Any, *, positive: bool = False) -> float:
+    if not finite(value):
         raise ValueError(f"calibration {name}: expected a finite number, got {value!r}")
     if positive and value <= 0:
         raise ValueError(f"calibration {name}: expected a number > 0, got {value!r}")
@@ -71,9 +72,9 @@ class Calibration:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "matrix", _check_matrix(self.matrix))
-        _finite("wobble_fraction", self.wobble_fraction, positive=True)
-        _finite("c1", self.c1, positive=True)
-        _finite("residual_fov", self.residual_fov)
+        _number("wobble_fraction", self.wobble_fraction, positive=True)
+        _number("c1", self.c1, positive=True)
+        _number("residual_fov", self.residual_fov)
         if not isinstance(self.measured_at, str) or not self.measured_at:
             raise ValueError(f"calibration measured_at: expected an ISO time, got {self.measured_at!r}")
         if self.source not in SOURCES:
@@ -106,7 +107,7 @@ class Calibration:
             raise ValueError(f"calibration matrix: expected [[a, b], [c, d]], got {matrix!r}")
         for row in matrix:
             for v in row:
-                _finite("matrix", v)
+                _number("matrix", v)
         return cls(matrix=(tuple(matrix[0]), tuple(matrix[1])),  # type: ignore[arg-type]
                    wobble_fraction=data["wobble_fraction"], c1=data["c1"], measured_at=data["measured_at"],
                    source=data["source"], residual_fov=data.get("residual_fov", 0.0))
@@ -149,7 +150,7 @@ def nominal_calibration(c0_over_cf: float = 1.0, wobble_fraction: float = 0.03,
     frame: sum_k (rho_k - mean) g_k D R(theta(u_k)) / 1000 / sum_k (rho_k - mean)^2. To first order
     M = (c0/c_f) / 0.03 * D * R(theta(c0/c_f - 1)) / 1000, plus the (c0/c_f - 1) * dtheta/du turn of
     an uncentred wobble, which is why it is computed rather than written down."""
-    ratio = _finite("c0_over_cf", c0_over_cf, positive=True)
+    ratio = _number("c0_over_cf", c0_over_cf, positive=True)
     rho = optics.wobble_values(1.0, wobble_fraction) - 1.0
     centred = rho - rho.mean()
     total = np.zeros((2, 2))

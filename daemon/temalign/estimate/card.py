@@ -7,10 +7,11 @@ delta (motor units, x then y) = model output * output_scale + output_offset."""
 from __future__ import annotations
 
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
+
+from temalign.values import finite
 
 CARD_VERSION = 1
 REQUIRED = ("preprocess", "output_scale", "input_shape", "wobble_fraction", "c0_over_cf", "frames",
@@ -26,13 +27,9 @@ def card_path(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
-def _number(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _pair(card: dict[str, Any], key: str, problems: list[str], *, nonzero: bool) -> None:
     v = card[key]
-    if not (isinstance(v, list | tuple) and len(v) == 2 and all(_number(x) for x in v)):
+    if not (isinstance(v, list | tuple) and len(v) == 2 and all(finite(x) for x in v)):
         problems.append(f"{key}: expected two finite numbers (x, y), got {v!r}")
     elif nonzero and any(x == 0 for x in v):
         problems.append(f"{key}: a zero scale makes every prediction the offset, got {list(v)}")
@@ -59,11 +56,11 @@ def validate_card(card: Any) -> list[str]:
             problems.append(f"input_shape: a wobble stack has 7 channels, got {s[2]}")
     if "wobble_fraction" in card:
         w = card["wobble_fraction"]
-        if not (_number(w) and 0 < w < 0.5):
+        if not (finite(w) and 0 < w < 0.5):
             problems.append(f"wobble_fraction: expected a fraction in (0, 0.5) such as 0.03, got {w!r}")
     if "c0_over_cf" in card:
         c = card["c0_over_cf"]
-        if not (_number(c) and 0.5 < c < 2.0):
+        if not (finite(c) and 0.5 < c < 2.0):
             problems.append(f"c0_over_cf: expected a number near 1.0, got {c!r}")
     if "geometry" in card and card["geometry"] not in ("twin", "column"):
         problems.append(f"geometry: expected 'twin' or 'column', got {card['geometry']!r}")

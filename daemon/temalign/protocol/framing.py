@@ -7,10 +7,11 @@ bytes arrive, so a peer that never sends a newline cannot make us buffer without
 from __future__ import annotations
 
 import json
-import math
 import socket
 import time
 from typing import Any
+
+from temalign.values import finite
 
 CHUNK_BYTES = 1 << 20
 
@@ -27,9 +28,9 @@ def _no_constant(name: str) -> Any:
     raise BadJson(f"{name} is not JSON")
 
 
-def _finite_float(text: str) -> float:
+def _parse_float(text: str) -> float:
     value = float(text)
-    if not math.isfinite(value):
+    if not finite(value):
         raise BadJson(f"number {text[:40]} is out of range")
     return value
 
@@ -45,7 +46,7 @@ def decode(line: bytes | bytearray, *, finite_floats: bool = False) -> Any:
         raise BadJson(f"not UTF-8 (byte {error.start})") from None
     try:
         if finite_floats:
-            return json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+            return json.loads(text, parse_constant=_no_constant, parse_float=_parse_float)
         return json.loads(text, parse_constant=_no_constant)
     except BadJson:
         raise

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from temalign.microscope import HARDWARE_RANGE
+from temalign.values import finite
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_SIDE = 16384
@@ -32,7 +33,7 @@ class _Reply(BaseModel):
 
 
 def _finite(value: float) -> float:
-    if not math.isfinite(value):
+    if not finite(value):
         raise ValueError("must be a finite number")
     return value
 
