@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint datasets model bench-model study bench clean
+.PHONY: demo test lint typecheck datasets model bench-model study bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ demo: $(VENV)/.demo-installed
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .
 
-test: $(VENV)/.dev-installed lint
+# mypy --strict over daemon/ (pyproject.toml [tool.mypy]): Any only at JSON, pydantic and **kwargs boundaries.
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy
+
+test: $(VENV)/.dev-installed lint typecheck
 	$(BIN)/python -m pytest -q
 
 # The twin's datasets: the paper's sets (Table 1) and the harder ones, each reproducible from its seed.

@@ -11,9 +11,11 @@ import select
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -105,6 +107,13 @@ def make_twin() -> Iterator[Callable[..., ServedTwin]]:
     for served in started:
         served.client.close()
         served.server.close()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A short temp dir: Unix socket paths have a 107-byte limit that pytest's tmp_path can break."""
+    with tempfile.TemporaryDirectory(prefix="ta-") as d:
+        yield Path(d)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -43,13 +42,6 @@ def config(served: Any, root: Path, **sections: Any) -> dict[str, Any]:
             "control": {"socket": str(root / "c.sock")},
             "metrics": {"host": "127.0.0.1", "port": free_port()},
             "schedule": {"interval_s": 3600, "jitter_s": 0, "mode": "dry-run"}, **sections}
-
-
-@pytest.fixture
-def short_dir() -> Any:
-    """A short temp dir: Unix socket paths have a 107-byte limit that pytest's tmp_path can break."""
-    with tempfile.TemporaryDirectory(prefix="ta-") as d:
-        yield Path(d)
 
 
 def start_daemon(served: Any, connect: Any, root: Path, **sections: Any) -> Daemon:

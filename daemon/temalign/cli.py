@@ -11,9 +11,14 @@ import argparse
 import importlib
 import sys
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, TypeAlias
 
 from temalign import __version__
 from temalign.errors import TemalignError
+
+if TYPE_CHECKING:
+    Subparsers: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
+    """What `register(subparsers)` gets: `add_parser` makes one command's parser."""
 
 COMMAND_MODULES = (
     "temalign.config.cli",

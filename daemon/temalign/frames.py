@@ -34,4 +34,4 @@ class WobbleStack:
     wobble_fraction: float
     source: str
     kind: FrameKind = "raw"
-    meta: dict = field(default_factory=dict)
+    meta: dict[str, object] = field(default_factory=dict)

@@ -51,7 +51,8 @@ def spot_centre(c: float, c_f: float, m: np.ndarray | tuple[float, float],
     u = relative_defocus(c, c_f)
     g = u / WOBBLE_UNIT
     walk = rotation(larmor_angle(u)) @ np.asarray(m, dtype=float)
-    return np.asarray(s, dtype=float) + g * D_FOV * walk / 1000.0
+    centre: np.ndarray = np.asarray(s, dtype=float) + g * D_FOV * walk / 1000.0
+    return centre
 
 
 def spot_radius(c: float, c_f: float) -> float:

@@ -2,7 +2,8 @@
 service (the envelope, the state file, the journal, the logs, the replies of the control socket).
 
 `finite` is the one finiteness test: a real number (int, float or a numpy scalar; never a bool,
-a string or None) that is neither NaN nor infinite.
+a string or None) that is neither NaN nor infinite. `finite_float` is the same test for one value,
+giving the number as a float (None when it fails), for code that goes on to use it.
 
 `jsonable` is the one JSON converter. numpy scalars and arrays, tuples, sets, paths, enums,
 datetimes and dataclasses become plain JSON; a float that is not finite becomes the string
@@ -22,24 +23,29 @@ import sys
 from collections.abc import Callable, Mapping
 from datetime import date, datetime, time
 from pathlib import PurePath
+from typing import Any
 
 JsonValue = None | bool | int | float | str | list["JsonValue"] | dict[str, "JsonValue"]
+JsonObject = dict[str, Any]
+"""A JSON object as read from or written to a boundary (a journal entry, a control request or
+reply, a protocol message, a model card): its values are whatever JSON holds, checked where used."""
 NONFINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
+def finite_float(value: object) -> float | None:
+    """`value` as a float when it is a real, finite number; None when it is not."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    try:
+        number = float(value)
+    except (OverflowError, TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def finite(*values: object) -> bool:
     """True when every value is a real, finite number (and there is at least one)."""
-    if not values:
-        return False
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            return False
-        try:
-            if not math.isfinite(value):
-                return False
-        except (OverflowError, TypeError, ValueError):
-            return False
-    return True
+    return bool(values) and all(finite_float(value) is not None for value in values)
 
 
 def jsonable(value: object, where: str = "value", *,

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING
 
 from temalign.errors import ConfigError
+
+if TYPE_CHECKING:
+    from temalign.cli import Subparsers
+    from temalign.values import JsonObject
+    from temalign_twin.settings import TwinSettings
 
 DEFAULT_PORT = 7801
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add the `twin` subcommand."""
     parser = subparsers.add_parser(
         "twin",
@@ -40,7 +46,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def parse_assignment(text: str) -> dict[str, Any]:
+def parse_assignment(text: str) -> JsonObject:
     """`section.key=value` as a nested override dict; the value is read as YAML."""
     import yaml
 
@@ -52,13 +58,13 @@ def parse_assignment(text: str) -> dict[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as error:
         raise ConfigError(f"--set {path}: value {raw!r} is not valid YAML: {error}") from error
-    out: dict[str, Any] = {keys[-1]: value}
+    out: JsonObject = {keys[-1]: value}
     for key in reversed(keys[:-1]):
         out = {key: out}
     return out
 
 
-def _load_file(path: Path) -> dict[str, Any]:
+def _load_file(path: Path) -> JsonObject:
     import yaml
 
     try:
@@ -76,7 +82,7 @@ def _load_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_settings(preset_name: str, settings_file: Path | None, assignments: list[str]) -> Any:
+def build_settings(preset_name: str, settings_file: Path | None, assignments: list[str]) -> TwinSettings:
     """TwinSettings from defaults, a preset, a YAML file and --set overrides (in that order)."""
     from pydantic import ValidationError
 
@@ -152,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}") from error
     stop = threading.Event()
 
-    def on_signal(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}

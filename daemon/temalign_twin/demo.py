@@ -21,9 +21,16 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TextIO
 
 from temalign.errors import ConfigError, TemalignError
+
+if TYPE_CHECKING:
+    from temalign.cli import Subparsers
+    from temalign.clock import Clock
+    from temalign.service.daemon import Daemon
+    from temalign.values import JsonObject
+    from temalign_twin.model import Twin
 
 WITHIN_UNITS = 20.0
 """What a person accepts as aligned: 2 % of the 1000-unit range (twin.md)."""
@@ -41,7 +48,7 @@ QUIET_OUTCOMES = frozenset({"within_deadband", "checked"})
 """Cycles that left the column as it was: on a terminal they show in the status line only."""
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add the `demo` subcommand."""
     parser = subparsers.add_parser(
         "demo",
@@ -102,7 +109,7 @@ class Session:
     t0: float = 0.0
     start_aperture: tuple[float, float] = (0.0, 0.0)
     samples: list[Sample] = field(default_factory=list)
-    cycles: list[dict[str, Any]] = field(default_factory=list)
+    cycles: list[JsonObject] = field(default_factory=list)
     settle_s: float = 2.0
     calibration: str = ""
     metrics_url: str = ""
@@ -114,9 +121,9 @@ class Live:
     """Progress on the terminal: a redrawn status line on a TTY (events printed above it), a line
     per cycle otherwise (a log file or CI keeps every cycle)."""
 
-    def __init__(self, stream: Any = None) -> None:
+    def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
-        self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.tty = self.stream.isatty()
         self._drawn = False
 
     def line(self, text: str) -> None:
@@ -213,7 +220,7 @@ def _session(args: argparse.Namespace, session: Session) -> None:
     server = TwinServer(twin, host="127.0.0.1", port=0).start()
     microscope = None
     daemon = None
-    logging_to: Any = None
+    logging_to: tuple[TextIO, int] | None = None
     try:
         host, port = server.address[:2]
         print(f"digital twin (seed {args.seed}) on {host}:{port}, {args.scale:g}x real time: "
@@ -277,7 +284,7 @@ def _session(args: argparse.Namespace, session: Session) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _watch(session: Session, twin: Any, daemon: Any, clock: Any, live: Live) -> None:
+def _watch(session: Session, twin: Twin, daemon: Daemon, clock: Clock, live: Live) -> None:
     """Sample the truth every SAMPLE_S twin seconds until the session ends; report each new cycle."""
     end = session.t0 + session.hours * 3600.0
     seen: set[float] = set()
@@ -325,7 +332,7 @@ def _count(counts: dict[str, int], outcome: str) -> None:
         counts["refused"] += 1
 
 
-def _cycle_text(cycle: dict[str, Any], t0: float, number: int) -> str:
+def _cycle_text(cycle: JsonObject, t0: float, number: int) -> str:
     before = (cycle.get("before") or {}).get("misalignment")
     after = (cycle.get("after") or {}).get("misalignment")
     estimate = f"estimated {before:.1f} units" if before is not None else ""
@@ -344,12 +351,12 @@ def _cycle_text(cycle: dict[str, Any], t0: float, number: int) -> str:
     return f"  {_hhmm(float(cycle['started']) - t0)}  cycle {number:3d}  {what}"
 
 
-def _applied(cycle: dict[str, Any]) -> str:
+def _applied(cycle: JsonObject) -> str:
     applied = cycle.get("applied")
     return "?" if not applied else f"({applied[0]:+.0f}, {applied[1]:+.0f})"
 
 
-def _journal_cycles(state_dir: Path, t0: float) -> list[dict[str, Any]]:
+def _journal_cycles(state_dir: Path, t0: float) -> list[JsonObject]:
     """Every cycle of the session from the daemon's own journal (daemon.last keeps only the newest)."""
     from temalign.record.journal import read_journal
 
@@ -364,7 +371,7 @@ def _journal_cycles(state_dir: Path, t0: float) -> list[dict[str, Any]]:
             for e in entries if e.get("kind") == "cycle"]
 
 
-def _log_to(path: Path) -> tuple[Any, int]:
+def _log_to(path: Path) -> tuple[TextIO, int]:
     """The daemon's JSON log lines go to a file: the terminal is the demo's."""
     import logging
 
@@ -376,7 +383,7 @@ def _log_to(path: Path) -> tuple[Any, int]:
     return stream, level
 
 
-def _log_off(logging_to: tuple[Any, int] | None) -> None:
+def _log_off(logging_to: tuple[TextIO, int] | None) -> None:
     import logging
 
     if logging_to is None:
@@ -384,7 +391,7 @@ def _log_off(logging_to: tuple[Any, int] | None) -> None:
     stream, level = logging_to
     root = logging.getLogger()
     for handler in list(root.handlers):
-        if getattr(handler, "stream", None) is stream:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is stream:
             root.removeHandler(handler)
     root.setLevel(level)
     stream.close()
@@ -401,7 +408,7 @@ def _figures(values: list[float]) -> dict[str, float | None]:
             "worst_units": round(max(values), 2)}
 
 
-def summarise(session: Session) -> dict[str, Any]:
+def summarise(session: Session) -> JsonObject:
     """The session in numbers (summary.json): each figure with and without the daemon."""
     settled = [s for s in session.samples if s.t >= CONVERGE_S]
     outcomes: dict[str, int] = {}
@@ -457,7 +464,7 @@ def _units(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def print_summary(report: dict[str, Any], session: Session) -> None:
+def print_summary(report: JsonObject, session: Session) -> None:
     """The few lines a microscopist reads: time within tolerance, with the daemon and without."""
     print()
     head = f"session: {report['twin_hours']:.2f} twin hours in {report['wall_s']:.0f} s"

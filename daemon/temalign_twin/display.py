@@ -45,7 +45,8 @@ def to_display(counts: np.ndarray, settings: DisplaySettings) -> np.ndarray:
     if settings.gamma != 1.0:
         np.power(v, np.float32(1.0 / settings.gamma), out=v)
     v *= 255.0
-    return np.rint(v, out=v).astype(np.uint8)
+    grey: np.ndarray = np.rint(v, out=v).astype(np.uint8)
+    return grey
 
 
 def zoom_nearest(image: np.ndarray, zoom: float) -> np.ndarray:
@@ -56,4 +57,5 @@ def zoom_nearest(image: np.ndarray, zoom: float) -> np.ndarray:
     out_h, out_w = max(1, round(h * zoom)), max(1, round(w * zoom))
     rows = np.minimum(((np.arange(out_h) + 0.5) * (h / out_h)).astype(np.intp), h - 1)
     cols = np.minimum(((np.arange(out_w) + 0.5) * (w / out_w)).astype(np.intp), w - 1)
-    return image[rows[:, None], cols[None, :]]
+    zoomed: np.ndarray = image[rows[:, None], cols[None, :]]
+    return zoomed

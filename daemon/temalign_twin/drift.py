@@ -58,11 +58,11 @@ class BrownianPath:
         steps = self._rng(block, 1).standard_normal((_STEPS, 2)) * math.sqrt(STEP_S / HOUR_S)
         walk = np.vstack([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
         frac = np.linspace(0.0, 1.0, _STEPS + 1)[:, None]
-        path = start + walk - frac * walk[-1] + frac * (end - start)
-        self._paths[block] = path
+        bridge: np.ndarray = start + walk - frac * walk[-1] + frac * (end - start)
+        self._paths[block] = bridge
         if len(self._paths) > _CACHED_BLOCKS:
             self._paths.popitem(last=False)
-        return path
+        return bridge
 
     def __call__(self, t: float) -> np.ndarray:
         t = max(0.0, float(t))
@@ -72,7 +72,8 @@ class BrownianPath:
         x = (t - block * BLOCK_S) / STEP_S
         i = min(int(x), _STEPS - 1)
         f = x - i
-        return path[i] * (1.0 - f) + path[i + 1] * f
+        point: np.ndarray = path[i] * (1.0 - f) + path[i + 1] * f
+        return point
 
 
 class JumpProcess:
@@ -111,7 +112,8 @@ class JumpProcess:
         block = int(t // BLOCK_S)
         with self._lock:
             times, sizes = self._block(block)
-            return self._start(block) + sizes[times <= t].sum(axis=0)
+            total: np.ndarray = self._start(block) + sizes[times <= t].sum(axis=0)
+            return total
 
     def events(self, t0: float, t1: float) -> list[tuple[float, float, float]]:
         """(time, dx, dy) of the jumps in (t0, t1]."""
@@ -184,7 +186,7 @@ class DriftTrack:
         with self._lock:
             seg = self._segment(t)
             injected = [d for when, d in self._injected if when <= t]
-        out = seg.drift.aligned(t) + seg.offset_a
+        out: np.ndarray = seg.drift.aligned(t) + seg.offset_a
         for d in injected:
             out = out + d
         return out
@@ -193,7 +195,8 @@ class DriftTrack:
         """s(t), FOV."""
         with self._lock:
             seg = self._segment(t)
-        return seg.drift.beam_shift(t) + seg.offset_s
+        shift: np.ndarray = seg.drift.beam_shift(t) + seg.offset_s
+        return shift
 
     def inject_jump(self, t: float, delta: tuple[float, float]) -> None:
         """A jump of a* by delta at time t (the `jump` fault)."""

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
-from typing import Any
 
-from temalign.values import finite
+from temalign.values import JsonObject, finite_float
 
 TRANSPORT_KINDS = ("drop", "slow", "silence", "malformed", "error")
 HARDWARE_KINDS = ("blank", "stuck", "overshoot", "lens_ignore", "jump")
@@ -40,8 +39,8 @@ class Fault:
     code: int = DEFAULT_ERROR_CODE
     ident: int = field(default=0, compare=False)
 
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"id": self.ident, "kind": self.kind, "remaining": self.count}
+    def to_json(self) -> JsonObject:
+        out: JsonObject = {"id": self.ident, "kind": self.kind, "remaining": self.count}
         if self.methods is not None:
             out["methods"] = sorted(self.methods)
         if self.kind == "slow":
@@ -67,21 +66,22 @@ _PARAMS = {
 }
 
 
-def _number(name: str, value: Any) -> float:
-    if not finite(value):
+def _number(name: str, value: object) -> float:
+    number = finite_float(value)
+    if number is None:
         raise FaultError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+    return number
 
 
-def _pair(name: str, value: Any) -> tuple[float, float]:
+def _pair(name: str, value: object) -> tuple[float, float]:
     if isinstance(value, list | tuple) and len(value) == 2:
         return (_number(name, value[0]), _number(name, value[1]))
     raise FaultError(f"{name} must be a pair [dx, dy], got {value!r}")
 
 
-def parse_fault(kind: Any, **params: Any) -> Fault:
+def parse_fault(kind: object, **params: object) -> Fault:
     """Validate a fault request (as `twin.fault` receives it); None values count as absent."""
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:
         raise FaultError(f"unknown fault kind {kind!r}; known: {', '.join(KINDS)}")
     given = {k: v for k, v in params.items() if v is not None}
     extra = set(given) - _PARAMS[kind]
@@ -179,6 +179,6 @@ class FaultBoard:
         with self._lock:
             return next((f for f in self._faults if f.kind == kind), None)
 
-    def snapshot(self) -> list[dict[str, Any]]:
+    def snapshot(self) -> list[JsonObject]:
         with self._lock:
             return [f.to_json() for f in self._faults]

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from temalign.protocol.errors import RemoteError
 from temalign.protocol.server import DropConnection, NoReply, ProtocolServer, RawReply
+from temalign.values import JsonObject
 
 GARBAGE_LINE = b'{"jsonrpc":"2.0","result":{"x": 1, \x00 this is not JSON\n'
 """What a "garbage" intercept sends instead of the reply: a line no JSON parser accepts."""
@@ -40,7 +41,7 @@ class Intercept:
             raise ValueError("an 'error' intercept needs error=RemoteError(...)")
 
 
-Interceptor = Callable[[str, dict[str, Any]], Intercept | None]
+Interceptor = Callable[[str, JsonObject], Intercept | None]
 
 
 class FaultInjectingServer(ProtocolServer):
@@ -51,7 +52,7 @@ class FaultInjectingServer(ProtocolServer):
         super().__init__(*args, **kwargs)
         self._interceptor = interceptor
 
-    def before_call(self, method: str, params: dict[str, Any]) -> None:
+    def before_call(self, method: str, params: JsonObject) -> None:
         if self._interceptor is None:
             return
         intercept = self._interceptor(method, params)

@@ -30,7 +30,8 @@ class Motion:
         if t >= self.t1:
             return self.p1
         f = (t - self.t0) / (self.t1 - self.t0)
-        return self.p0 + f * (self.p1 - self.p0)
+        position: np.ndarray = self.p0 + f * (self.p1 - self.p0)
+        return position
 
 
 @dataclass(frozen=True)

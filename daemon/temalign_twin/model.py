@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
@@ -17,6 +16,7 @@ from pydantic import ValidationError
 from temalign import optics
 from temalign.clock import Clock, SteppedClock
 from temalign.protocol.errors import InvalidParams, OutOfRange
+from temalign.values import JsonObject
 from temalign_twin.drift import DriftTrack
 from temalign_twin.faults import Fault, FaultBoard, parse_fault
 from temalign_twin.hardware import Lens, Motor
@@ -63,7 +63,7 @@ class Twin:
 
     # ---- the six protocol methods (hello is the server's) --------------------------------------
 
-    def limits(self) -> dict[str, Any]:
+    def limits(self) -> JsonObject:
         """The `limits` of the hello reply."""
         st = self._settings
         return {"aperture": {"x": list(st.motor.limits_x), "y": list(st.motor.limits_y)},
@@ -163,7 +163,7 @@ class Twin:
         """a*(t), motor units (now by default)."""
         return self._drift.aligned(self.clock.now() if t is None else t)
 
-    def truth(self) -> dict[str, Any]:
+    def truth(self) -> JsonObject:
         """Everything a test or benchmark may compare against, at the current twin time."""
         with self._lock:
             t = self.clock.now()
@@ -171,7 +171,7 @@ class Twin:
             settings = self._settings
             c_eff = self._lens.effective(t)
             lens = self._lens
-            truth = {
+            truth: JsonObject = {
                 "time": t,
                 "seed": self.seed,
                 "aperture": a.tolist(),
@@ -211,7 +211,7 @@ class Twin:
         """Wall time that `twin_seconds` of twin time take on this clock (stepped: taken as wall)."""
         return self.clock.wall_seconds(twin_seconds)
 
-    def inject(self, kind: str, **params: Any) -> dict[str, Any]:
+    def inject(self, kind: str, **params: object) -> JsonObject:
         """Start a fault (faults.py lists kinds and parameters); a `jump` happens at once."""
         try:
             fault = parse_fault(kind, **params)
@@ -231,7 +231,7 @@ class Twin:
         """The transport fault that hits this request of `method`, one use consumed."""
         return self._faults.take_transport(method)
 
-    def configure(self, overrides: dict[str, Any]) -> TwinSettings:
+    def configure(self, overrides: JsonObject) -> TwinSettings:
         """Apply TwinSettings overrides from now on. Drift changes are continuous at now; start
         positions (motor.start_offset, lens.start_over_cf) only matter at construction."""
         if not isinstance(overrides, dict):

@@ -7,8 +7,8 @@ realisation or a specimen area unless asked. The normative geometry is never a p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
+from temalign.values import JsonObject
 from temalign_twin.settings import TwinSettings
 
 
@@ -16,7 +16,7 @@ from temalign_twin.settings import TwinSettings
 class Preset:
     name: str
     description: str
-    overrides: dict[str, Any] = field(default_factory=dict)
+    overrides: JsonObject = field(default_factory=dict)
     wobble_fraction: float = 0.03
     radius: float = 240.0
     """Spiral maximum |delta| per axis, motor units (the paper's 'Delta x/y')."""

@@ -33,7 +33,8 @@ def erf(x: np.ndarray) -> np.ndarray:
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    return np.copysign(1.0 - poly * np.exp(-a * a), x)
+    value: np.ndarray = np.copysign(1.0 - poly * np.exp(-a * a), x)
+    return value
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,8 @@ def disc_profile(depth: np.ndarray, radius: float, sigma: float, settings: TwinS
     phase = np.pi * x * (1.0 + x)  # Fresnel-like chirp: the first period is fringe_period_fov
     k = np.pi * (1.0 + 2.0 * x) / beam.fringe_period_fov
     envelope = amplitude * np.exp(-inside / beam.fringe_decay_fov - 0.5 * (sigma * k) ** 2)
-    return edge * (1.0 + envelope * np.sin(phase))
+    profile: np.ndarray = edge * (1.0 + envelope * np.sin(phase))
+    return profile
 
 
 def expected_electrons(beam: Beam, settings: TwinSettings, texture: np.ndarray | None = None
@@ -126,8 +128,8 @@ class Specimen:
 
     def __init__(self, seed: int) -> None:
         self._seed = seed
-        self._textures: dict[tuple, np.ndarray] = {}
-        self._hot: dict[tuple, np.ndarray] = {}
+        self._textures: dict[tuple[int, int, float, float], np.ndarray] = {}
+        self._hot: dict[tuple[int, int, float], np.ndarray] = {}
         self._lock = threading.Lock()
 
     def texture(self, settings: TwinSettings) -> np.ndarray | None:

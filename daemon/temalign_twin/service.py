@@ -7,10 +7,12 @@ intercepts of the fault-injecting server (faulty_server). The twin.* handlers va
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TypeVar
 
 from temalign.protocol.errors import Busy, InvalidParams, RemoteError, remote_error
 from temalign.protocol.messages import encode_frame
+from temalign.protocol.server import Handler
+from temalign.values import JsonObject
 from temalign_twin.faults import Fault
 from temalign_twin.faulty_server import FaultInjectingServer, Intercept
 from temalign_twin.model import Twin, TwinError
@@ -20,11 +22,11 @@ TWIN_METHODS = ("twin.truth", "twin.advance", "twin.fault", "twin.clear_faults",
                 "twin.viewer")
 CAPABILITIES = ("twin", *TWIN_METHODS)
 
-Handler = Callable[[dict[str, Any]], Any]
+T = TypeVar("T")
 
 
-def _params(params: Any, method: str, allowed: set[str],
-            required: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+def _params(params: object, method: str, allowed: set[str],
+            required: frozenset[str] | set[str] = frozenset()) -> JsonObject:
     if params is None:
         params = {}
     if not isinstance(params, dict):
@@ -38,7 +40,7 @@ def _params(params: Any, method: str, allowed: set[str],
     return params
 
 
-def _twin_call(fn: Callable[[], Any]) -> Any:
+def _twin_call(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except TwinError as error:
@@ -79,45 +81,45 @@ class TwinServer:
         """Handler per method name (hello is the core's)."""
         twin = self.twin
 
-        def aperture_get(p: dict[str, Any]) -> dict[str, int]:
+        def aperture_get(p: JsonObject) -> dict[str, int]:
             x, y = twin.aperture()
             return {"x": x, "y": y}
 
-        def aperture_move(p: dict[str, Any]) -> dict[str, int]:
+        def aperture_move(p: JsonObject) -> dict[str, int]:
             x, y = twin.move_aperture(p["x"], p["y"])
             return {"x": x, "y": y}
 
-        def lens_get(p: dict[str, Any]) -> dict[str, float]:
+        def lens_get(p: JsonObject) -> dict[str, float]:
             return {"value": twin.c1()}
 
-        def lens_set(p: dict[str, Any]) -> dict[str, float]:
+        def lens_set(p: JsonObject) -> dict[str, float]:
             return {"value": twin.set_c1(p["value"])}
 
-        def acquire(p: dict[str, Any]) -> dict[str, Any]:
+        def acquire(p: JsonObject) -> JsonObject:
             return encode_frame(twin.acquire(p.get("exposure_s")))
 
-        def truth(p: dict[str, Any]) -> dict[str, Any]:
+        def truth(p: JsonObject) -> JsonObject:
             _params(p, "twin.truth", set())
             return twin.truth()
 
-        def advance(p: dict[str, Any]) -> dict[str, float]:
+        def advance(p: JsonObject) -> dict[str, float]:
             p = _params(p, "twin.advance", {"seconds"}, {"seconds"})
             return {"time": _twin_call(lambda: twin.advance(p["seconds"]))}
 
-        def fault(p: dict[str, Any]) -> dict[str, Any]:
+        def fault(p: JsonObject) -> JsonObject:
             p = _params(p, "twin.fault", {"kind", "count", "methods", "seconds", "units", "code"}, {"kind"})
             args = {k: v for k, v in p.items() if k != "kind"}
             return _twin_call(lambda: twin.inject(p["kind"], **args))
 
-        def clear_faults(p: dict[str, Any]) -> dict[str, int]:
+        def clear_faults(p: JsonObject) -> dict[str, int]:
             _params(p, "twin.clear_faults", set())
             return {"cleared": twin.clear_faults()}
 
-        def configure(p: dict[str, Any]) -> dict[str, Any]:
+        def configure(p: JsonObject) -> JsonObject:
             p = _params(p, "twin.configure", {"overrides"}, {"overrides"})
             return {"settings": _twin_call(lambda: twin.configure(p["overrides"])).model_dump(mode="json")}
 
-        def viewer(p: dict[str, Any]) -> dict[str, int]:
+        def viewer(p: JsonObject) -> dict[str, int]:
             _params(p, "twin.viewer", set())
             region = twin.viewer_region
             if region is None:
@@ -140,7 +142,7 @@ class TwinServer:
             "twin.viewer": viewer,
         }
 
-    def _intercept(self, method: str, params: dict[str, Any]) -> Intercept | None:
+    def _intercept(self, method: str, params: JsonObject) -> Intercept | None:
         fault = self.twin.take_transport_fault(method)
         return None if fault is None else self._as_intercept(fault, method)
 

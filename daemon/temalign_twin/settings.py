@@ -6,15 +6,20 @@ Presets (twin/presets.py) are partial dicts of these fields."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from temalign.values import JsonObject
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Pair = tuple[float, float]
 
 
-def _check_ordered(value: tuple) -> tuple:
+Ordered = TypeVar("Ordered", bound=tuple[float, float])
+
+
+def _check_ordered(value: Ordered) -> Ordered:
     if value[0] > value[1]:
         raise ValueError(f"limits must be [low, high], got {list(value)}")
     return value
@@ -150,13 +155,13 @@ class TwinSettings(_Knobs):
     motor: MotorSettings = Field(default_factory=MotorSettings)
     lens: LensSettings = Field(default_factory=LensSettings)
 
-    def updated(self, overrides: dict[str, Any]) -> TwinSettings:
+    def updated(self, overrides: JsonObject) -> TwinSettings:
         """These settings with a nested dict of overrides applied, validated as a whole."""
         merged = _deep_merge(self.model_dump(), overrides)
         return TwinSettings.model_validate(merged)
 
 
-def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+def _deep_merge(base: JsonObject, overrides: JsonObject) -> JsonObject:
     out = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):

@@ -11,13 +11,18 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from temalign.errors import TemalignError
 from temalign_twin.display import to_display, zoom_nearest
 from temalign_twin.settings import DisplaySettings
+
+if TYPE_CHECKING:
+    import tkinter as tk
+
+    from temalign_twin.model import Twin
 
 TITLE = "temalign twin: live view"
 
@@ -32,7 +37,7 @@ def ppm_bytes(grey: np.ndarray) -> bytes:
     return b"P5\n%d %d\n255\n" % (w, h) + np.ascontiguousarray(grey, dtype=np.uint8).tobytes()
 
 
-def _open_window(position: tuple[int, int] | None) -> Any:
+def _open_window(position: tuple[int, int] | None) -> tk.Tk:
     try:
         import tkinter as tk
     except ImportError as error:
@@ -53,7 +58,8 @@ def _open_window(position: tuple[int, int] | None) -> Any:
 class _LiveView:
     """The window's state: one label holding the current picture, re-rendered on a Tk timer."""
 
-    def __init__(self, root: Any, twin: Any, settings: DisplaySettings, stop_event: threading.Event) -> None:
+    def __init__(self, root: tk.Tk, twin: Twin, settings: DisplaySettings,
+                 stop_event: threading.Event) -> None:
         import tkinter as tk
 
         self.root = root
@@ -61,7 +67,7 @@ class _LiveView:
         self.settings = settings
         self._twin_display = self._current_twin_display()
         self.stop_event = stop_event
-        self.photo: Any = None
+        self.photo: tk.PhotoImage | None = None
         self.label = tk.Label(root, borderwidth=0, highlightthickness=0, padx=0, pady=0)
         self.label.pack(padx=0, pady=0)
         # the toplevel's <Configure> also fires when the window is moved on screen
@@ -69,14 +75,13 @@ class _LiveView:
         self.label.bind("<Map>", lambda event: self.publish_region())
         self._complained = False
 
-    def _current_twin_display(self) -> DisplaySettings | None:
-        settings = getattr(self.twin, "settings", None)
-        return getattr(settings, "display", None)
+    def _current_twin_display(self) -> DisplaySettings:
+        return self.twin.settings.display
 
     def _display_settings(self) -> DisplaySettings:
         """The settings given at start, until the twin's own display section changes."""
         now = self._current_twin_display()
-        if now is not None and now is not self._twin_display:
+        if now is not self._twin_display:
             self._twin_display = now
             self.settings = now
         return self.settings
@@ -116,7 +121,7 @@ class _LiveView:
         self.root.after(delay_ms, self.tick)
 
 
-def run_viewer(twin: Any, settings: DisplaySettings, position: tuple[int, int] | None = None,
+def run_viewer(twin: Twin, settings: DisplaySettings, position: tuple[int, int] | None = None,
                stop_event: threading.Event | None = None) -> None:
     """Show the live view until `stop_event` is set or the window is closed; call from the thread
     that owns Tk (the main thread in `temalign twin --viewer`). Raises ViewerError without a display."""

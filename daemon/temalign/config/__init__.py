@@ -4,7 +4,13 @@ Names are re-exported lazily so that importing `temalign.config.cli` does not pu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from temalign.config.loader import apply_overrides as apply_overrides
+    from temalign.config.loader import default_config_path as default_config_path
+    from temalign.config.loader import load_config as load_config
+    from temalign.config.schema import Settings as Settings
 
 _EXPORTS = {
     "Settings": "temalign.config.schema",
@@ -15,7 +21,7 @@ _EXPORTS = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _EXPORTS:
         import importlib
 

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from temalign.cli import Subparsers
+    from temalign.config.schema import Settings
+    from temalign.values import JsonObject
 
 FILE_HELP = "config file (default: /etc/temalign/temalign.yaml, else the one shipped in the package)"
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add the `config` subcommand with its `check` and `show` actions."""
     parser = subparsers.add_parser(
         "config",
@@ -36,10 +41,10 @@ def register(subparsers: Any) -> None:
         action.set_defaults(handler=handler)
 
 
-def _load(args: argparse.Namespace) -> tuple[Path, Any]:
+def _load(args: argparse.Namespace) -> tuple[Path, Settings]:
     from temalign.config.loader import apply_overrides, default_config_path, load_config
 
-    path = args.file if args.file is not None else default_config_path()
+    path: Path = args.file if args.file is not None else default_config_path()
     return path, apply_overrides(load_config(path), args.microscope)
 
 
@@ -74,7 +79,7 @@ def _seconds(value: float) -> str:
     return f"{value:g} s"
 
 
-def _model(settings: Any, card: dict[str, Any] | None) -> str:
+def _model(settings: Settings, card: JsonObject | None) -> str:
     path = settings.estimator.model
     if card is None:
         described = "" if path.is_file() else " (MISSING)"
@@ -84,7 +89,7 @@ def _model(settings: Any, card: dict[str, Any] | None) -> str:
     return f"{path}{described}; estimators must agree within {settings.estimator.agreement_units:g} units"
 
 
-def summary(settings: Any, card: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+def summary(settings: Settings, card: JsonObject | None = None) -> list[tuple[str, str]]:
     """(label, text) lines describing loaded Settings for a person; `card`: the model's, once opened."""
     m, src, w = settings.microscope, settings.source, settings.wobble
     token = f"token from {m.token_file}" if m.token_file is not None else "no token"

@@ -15,11 +15,11 @@ import stat
 import typing
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails
 
 from temalign import shipped
 from temalign.config.schema import Settings, check_address
@@ -148,12 +148,13 @@ class _Loader(yaml.SafeLoader):
 
     _depth = 0
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         self._depth += 1
         try:
             if self._depth > MAX_NESTING:
+                event = self.peek_event()  # type: ignore[no-untyped-call]  # unannotated in types-PyYAML
                 raise yaml.composer.ComposerError(
-                    None, None, f"nested deeper than {MAX_NESTING} levels", self.peek_event().start_mark
+                    None, None, f"nested deeper than {MAX_NESTING} levels", event.start_mark
                 )
             return super().compose_node(parent, index)
         finally:
@@ -167,7 +168,7 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _parse_yaml(text: str, name: str) -> Any:
+def _parse_yaml(text: str, name: str) -> object:
     loader: _Loader | None = None
     try:
         loader = _Loader(text)
@@ -216,7 +217,7 @@ def _check_repeated_keys(loader: _Loader, root: yaml.Node, name: str) -> None:
         if isinstance(node, yaml.SequenceNode):
             stack.extend((child, (*path, str(i))) for i, child in enumerate(node.value))
         elif isinstance(node, yaml.MappingNode):
-            first_line: dict[Any, int] = {}
+            first_line: dict[tuple[type, object], int] = {}
             for key_node, value_node in node.value:
                 if key_node.tag == _MERGE_TAG:
                     continue
@@ -257,7 +258,7 @@ _EXPECTED = {
 }
 
 
-def _kind(value: Any) -> str:
+def _kind(value: object) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -275,7 +276,7 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _show(value: Any) -> str:
+def _show(value: object) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -283,16 +284,16 @@ def _show(value: Any) -> str:
     return _repr.repr(value)
 
 
-def _join(path: tuple[Any, ...]) -> str:
+def _join(path: tuple[object, ...]) -> str:
     return ".".join(str(part) for part in path) or "(top level)"
 
 
-def _field_at(path: tuple[Any, ...]) -> tuple[type[BaseModel] | None, FieldInfo | None]:
+def _field_at(path: tuple[int | str, ...]) -> tuple[type[BaseModel] | None, FieldInfo | None]:
     """The model holding the last key of `path` and that key's field (None: not in the schema)."""
     model: type[BaseModel] | None = Settings
     field = None
     for i, part in enumerate(path):
-        if model is None or part not in model.model_fields:
+        if model is None or not isinstance(part, str) or part not in model.model_fields:
             return None, None
         field = model.model_fields[part]
         if i < len(path) - 1:
@@ -321,14 +322,14 @@ def leaf_keys() -> list[str]:
     return [".".join(path) for path in _leaf_paths(Settings)]
 
 
-def _bounds(field: FieldInfo | None) -> dict[str, Any]:
+def _bounds(field: FieldInfo | None) -> dict[str, float]:
     if field is None:
         return {}
     metadata = list(field.metadata)
     for arg in typing.get_args(field.annotation):
         for item in getattr(arg, "__metadata__", ()):
             metadata.extend(item.metadata if isinstance(item, FieldInfo) else [item])
-    bounds: dict[str, Any] = {}
+    bounds: dict[str, float] = {}
     for item in metadata:
         for attr in ("gt", "ge", "lt", "le"):
             value = getattr(item, attr, None)
@@ -337,7 +338,7 @@ def _bounds(field: FieldInfo | None) -> dict[str, Any]:
     return bounds
 
 
-def _range_text(bounds: dict[str, Any]) -> str:
+def _range_text(bounds: dict[str, float]) -> str:
     shown = {op: f"{value:g}" for op, value in bounds.items()}
     if "ge" in shown and "le" in shown:
         return f"from {shown['ge']} to {shown['le']}"
@@ -346,8 +347,8 @@ def _range_text(bounds: dict[str, Any]) -> str:
 
 
 def _first_required(
-    model: type[BaseModel], prefix: tuple[str, ...]
-) -> tuple[tuple[str, ...], FieldInfo | None]:
+    model: type[BaseModel], prefix: tuple[int | str, ...]
+) -> tuple[tuple[int | str, ...], FieldInfo | None]:
     for name, field in model.model_fields.items():
         if field.is_required():
             sub = _section_type(field)
@@ -355,7 +356,7 @@ def _first_required(
     return prefix, None
 
 
-def _describe(error: dict[str, Any]) -> tuple[str, str]:
+def _describe(error: ErrorDetails) -> tuple[str, str]:
     """(key path, reason) for one pydantic error, in the words of someone editing the YAML file."""
     loc = tuple(error["loc"])
     kind = error["type"]
@@ -390,7 +391,7 @@ def _describe(error: dict[str, Any]) -> tuple[str, str]:
     return _join(loc), message
 
 
-def _unknown_key_reason(loc: tuple[Any, ...]) -> str:
+def _unknown_key_reason(loc: tuple[int | str, ...]) -> str:
     key = str(loc[-1])
     model: type[BaseModel] | None = Settings
     if loc[:-1]:

@@ -46,7 +46,7 @@ def key_error(key: str, reason: str) -> PydanticCustomError:
     return PydanticCustomError("config_key", "{reason}", {"key": key, "reason": reason})
 
 
-def check_address(text: Any) -> str:
+def check_address(text: object) -> str:
     """HOST:PORT as the config and `--microscope` accept it; ValueError says what is wrong."""
     if not isinstance(text, str):
         raise ValueError(f"expected HOST:PORT as text, got {type(text).__name__}")
@@ -54,7 +54,7 @@ def check_address(text: Any) -> str:
     return text.strip()
 
 
-def _as_path(value: Any) -> Path:
+def _as_path(value: object) -> Path:
     if isinstance(value, Path):
         return value
     if not isinstance(value, str):

@@ -18,7 +18,7 @@ from typing import Literal
 
 from temalign.config.schema import SafetySettings
 from temalign.microscope import Limits
-from temalign.values import finite
+from temalign.values import finite, finite_float
 
 Action = Literal["move", "none", "refuse", "hold"]
 
@@ -63,7 +63,8 @@ def _is_int(value: object) -> bool:
         return False
     if isinstance(value, int):
         return abs(value) <= _EXACT_INT
-    return finite(value) and float(value).is_integer() and abs(float(value)) <= _EXACT_INT  # type: ignore
+    number = finite_float(value)
+    return number is not None and number.is_integer() and abs(number) <= _EXACT_INT
 
 
 def _is_point(point: object) -> bool:

@@ -11,13 +11,12 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from temalign import optics
 from temalign.durable import atomic_write
-from temalign.values import finite
+from temalign.values import JsonObject, finite_float
 
 CALIBRATION_NAME = "calibration.json"
 MAX_CONDITION = 20.0
@@ -29,7 +28,7 @@ SOURCES = ("measured", "nominal (twin.md geometry)")
 Matrix = tuple[tuple[float, float], tuple[float, float]]
 
 
-def _check_matrix(matrix: Any) -> Matrix:
+def _check_matrix(matrix: object) -> Matrix:
     """The matrix as a tuple of tuples of floats; ValueError when malformed, singular or
     ill-conditioned."""
     try:
@@ -49,12 +48,13 @@ def _check_matrix(matrix: Any) -> Matrix:
     return ((float(m[0, 0]), float(m[0, 1])), (float(m[1, 0]), float(m[1, 1])))
 
 
-def _number(name: str, value: Any, *, positive: bool = False) -> float:
-    if not finite(value):
+def _number(name: str, value: object, *, positive: bool = False) -> float:
+    number = finite_float(value)
+    if number is None:
         raise ValueError(f"calibration {name}: expected a finite number, got {value!r}")
-    if positive and value <= 0:
+    if positive and number <= 0:
         raise ValueError(f"calibration {name}: expected a number > 0, got {value!r}")
-    return float(value)
+    return number
 
 
 @dataclass(frozen=True)
@@ -84,13 +84,13 @@ class Calibration:
     def array(self) -> np.ndarray:
         return np.array(self.matrix, dtype=float)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> JsonObject:
         return {"matrix": [list(row) for row in self.matrix], "wobble_fraction": self.wobble_fraction,
                 "c1": self.c1, "measured_at": self.measured_at, "source": self.source,
                 "residual_fov": self.residual_fov}
 
     @classmethod
-    def from_json(cls, data: Any) -> Calibration:
+    def from_json(cls, data: object) -> Calibration:
         """Parse what `to_json` wrote; ValueError naming the bad or missing field."""
         if not isinstance(data, dict):
             raise ValueError(f"calibration: expected a JSON object, got {type(data).__name__}")
@@ -108,7 +108,7 @@ class Calibration:
         for row in matrix:
             for v in row:
                 _number("matrix", v)
-        return cls(matrix=(tuple(matrix[0]), tuple(matrix[1])),  # type: ignore[arg-type]
+        return cls(matrix=(tuple(matrix[0]), tuple(matrix[1])),
                    wobble_fraction=data["wobble_fraction"], c1=data["c1"], measured_at=data["measured_at"],
                    source=data["source"], residual_fov=data.get("residual_fov", 0.0))
 
@@ -158,6 +158,6 @@ def nominal_calibration(c0_over_cf: float = 1.0, wobble_fraction: float = 0.03,
         u = ratio * (1.0 + r) - 1.0
         total += weight * (u / optics.WOBBLE_UNIT) * optics.D_FOV * optics.rotation(optics.larmor_angle(u))
     matrix = total / 1000.0 / float(np.sum(centred**2))
-    return Calibration(matrix=matrix.tolist(), wobble_fraction=wobble_fraction, c1=c1,  # type: ignore[arg-type]
+    return Calibration(matrix=matrix.tolist(), wobble_fraction=wobble_fraction, c1=c1,
                        measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
                        source="nominal (twin.md geometry)")

@@ -9,9 +9,8 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
 
-from temalign.values import finite
+from temalign.values import JsonObject, finite
 
 CARD_VERSION = 1
 REQUIRED = ("preprocess", "output_scale", "input_shape", "wobble_fraction", "c0_over_cf", "frames",
@@ -27,7 +26,7 @@ def card_path(model_path: str | Path) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
-def _pair(card: dict[str, Any], key: str, problems: list[str], *, nonzero: bool) -> None:
+def _pair(card: JsonObject, key: str, problems: list[str], *, nonzero: bool) -> None:
     v = card[key]
     if not (isinstance(v, list | tuple) and len(v) == 2 and all(finite(x) for x in v)):
         problems.append(f"{key}: expected two finite numbers (x, y), got {v!r}")
@@ -35,7 +34,7 @@ def _pair(card: dict[str, Any], key: str, problems: list[str], *, nonzero: bool)
         problems.append(f"{key}: a zero scale makes every prediction the offset, got {list(v)}")
 
 
-def validate_card(card: Any) -> list[str]:
+def validate_card(card: object) -> list[str]:
     """Problems with a card (empty when it is usable): missing keys, wrong types, impossible values."""
     if not isinstance(card, dict):
         return [f"a card is a JSON object, got {type(card).__name__}"]
@@ -77,7 +76,7 @@ def validate_card(card: Any) -> list[str]:
     return problems
 
 
-def write_card(model_path: str | Path, card: dict[str, Any]) -> Path:
+def write_card(model_path: str | Path, card: JsonObject) -> Path:
     """Validate and write the card beside the model; raises ValueError listing the problems."""
     problems = validate_card(card)
     if problems:
@@ -87,12 +86,12 @@ def write_card(model_path: str | Path, card: dict[str, Any]) -> Path:
     return path
 
 
-def read_card(model_path: str | Path, *, validate: bool = True) -> dict[str, Any]:
+def read_card(model_path: str | Path, *, validate: bool = True) -> JsonObject:
     """The card of a model (pass the .tflite or the .json path); raises ValueError if invalid."""
     path = Path(model_path)
     if path.suffix != ".json":
         path = card_path(path)
-    card = json.loads(path.read_text())
+    card: JsonObject = json.loads(path.read_text())
     if validate:
         problems = validate_card(card)
         if problems:
@@ -100,7 +99,7 @@ def read_card(model_path: str | Path, *, validate: bool = True) -> dict[str, Any
     return card
 
 
-def to_motor_units(output: list[float] | tuple[float, ...], card: dict[str, Any]) -> list[float]:
+def to_motor_units(output: list[float] | tuple[float, ...], card: JsonObject) -> list[float]:
     """One model output (x, y) to delta in motor units by the card's scale and offset."""
     scale = card["output_scale"]
     offset = card.get("output_offset") or [0.0, 0.0]

@@ -42,7 +42,8 @@ class LiteModel:
         """One invoke on one input shaped as the model's (batch 1); its output, flat."""
         self.interpreter.set_tensor(self._in["index"], np.asarray(x, dtype=np.float32))
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._out["index"]).reshape(-1).copy()
+        output: np.ndarray = self.interpreter.get_tensor(self._out["index"])  # LiteRT has no types
+        return output.reshape(-1).copy()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Model output for inputs (N, H, W, C) or (H, W, C), one invoke per stack."""

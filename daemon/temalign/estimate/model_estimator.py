@@ -10,7 +10,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from temalign.errors import TemalignError
 from temalign.estimate import card as cards
 from temalign.estimate.litert_model import LiteModel
 from temalign.estimate.preprocess import resolve
+from temalign.values import JsonObject
 
 if TYPE_CHECKING:
     from temalign.config.schema import Settings
@@ -46,7 +47,7 @@ class ModelEstimator:
         if not self.path.is_file():
             raise ModelError(f"model {self.path}: no such file")
         try:
-            self.card: dict[str, Any] = cards.read_card(self.path)
+            self.card: JsonObject = cards.read_card(self.path)
         except FileNotFoundError:
             raise ModelError(f"model {self.path}: its card {cards.card_path(self.path)} is missing") from None
         except (ValueError, OSError) as error:  # JSONDecodeError is a ValueError
@@ -95,7 +96,7 @@ class ModelEstimator:
         return ModelEstimate((float(delta[0]), float(delta[1])), (t1 - t0) * 1e3, (t2 - t1) * 1e3)
 
 
-def check_compatible(card: dict[str, Any], *, wobble_fraction: float, frames: str) -> None:
+def check_compatible(card: JsonObject, *, wobble_fraction: float, frames: str) -> None:
     """Refuse at start a model whose card does not match the configured wobble or image source:
     a model fed a wobble or a kind of frame it was not made for gives confident nonsense."""
     expected = float(card["wobble_fraction"])

@@ -36,6 +36,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import numpy as np
 
@@ -130,11 +131,11 @@ def _resample_axis(data: np.ndarray, axis: int, start: float, width: float, side
         if k == 1:
             return data
         index = [slice(None)] * data.ndim
-        total = None
-        for offset in range(k):
+        index[axis] = slice(0, length, k)
+        total = data[tuple(index)].copy()
+        for offset in range(1, k):
             index[axis] = slice(offset, length, k)
-            part = data[tuple(index)]
-            total = part.copy() if total is None else total + part
+            total = total + data[tuple(index)]
         total *= np.float32(1.0 / k)
         return total
     cum = np.cumsum(data, axis=axis, dtype=np.float64 if wide or length > 2048 else np.float32)
@@ -147,7 +148,8 @@ def _resample_axis(data: np.ndarray, axis: int, start: float, width: float, side
     shape = [1] * data.ndim
     shape[axis] = side + 1
     at = lo + frac.reshape(shape) * (hi - lo)
-    return (np.diff(at, axis=axis) / step).astype(np.float32)
+    binned: np.ndarray = (np.diff(at, axis=axis) / step).astype(np.float32)
+    return binned
 
 
 def _prebin(array: np.ndarray, side: int) -> np.ndarray:
@@ -162,7 +164,7 @@ def _prebin(array: np.ndarray, side: int) -> np.ndarray:
     if factor < 2:
         return array.astype(np.float32)
     rows = array.reshape(n, h // factor, factor, w).sum(axis=2, dtype=np.float32)
-    binned = rows.reshape(n, h // factor, w // factor, factor).sum(axis=3, dtype=np.float32)
+    binned: np.ndarray = rows.reshape(n, h // factor, w // factor, factor).sum(axis=3, dtype=np.float32)
     binned *= np.float32(1.0 / (factor * factor))
     return binned
 
@@ -233,7 +235,8 @@ def _clamp_hot(frames: np.ndarray, rank: int = HOT_RANK) -> np.ndarray:
                 bigger = np.maximum(top[k], v)
                 v = np.minimum(top[k], v)
                 top[k] = bigger
-    return np.minimum(frames, top[rank - 1])
+    clamped: np.ndarray = np.minimum(frames, top[rank - 1])
+    return clamped
 
 
 def physics(stack: np.ndarray, side: int) -> np.ndarray:
@@ -295,4 +298,4 @@ def resolve(name: str) -> Preprocess:
         raise ValueError(f"preprocessing {name!r}: module {module_name!r} has no {attr!r}")
     if not callable(fn):
         raise ValueError(f"preprocessing {name!r} is not callable ({type(fn).__name__})")
-    return fn
+    return cast(Preprocess, fn)  # what it returns is checked by its caller (ModelEstimator.tensor)

@@ -59,7 +59,8 @@ def _bin(image: np.ndarray, k: int) -> np.ndarray:
         return image.astype(np.float32, copy=False)
     h, w = image.shape
     hh, ww = h // k * k, w // k * k
-    return image[:hh, :ww].astype(np.float32).reshape(hh // k, k, ww // k, k).mean(axis=(1, 3))
+    means: np.ndarray = image[:hh, :ww].astype(np.float32).reshape(hh // k, k, ww // k, k).mean(axis=(1, 3))
+    return means
 
 
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
@@ -110,7 +111,8 @@ def _box3(a: np.ndarray) -> np.ndarray:
     p = np.pad(a, 1, mode="edge")
     h, w = a.shape
     rows = p[0:h + 2, 0:w] + p[0:h + 2, 1:w + 1] + p[0:h + 2, 2:w + 2]
-    return (rows[0:h] + rows[1:h + 1] + rows[2:h + 2]) / 9.0
+    box: np.ndarray = (rows[0:h] + rows[1:h + 1] + rows[2:h + 2]) / 9.0
+    return box
 
 
 def _shift_any(mask: np.ndarray) -> np.ndarray:

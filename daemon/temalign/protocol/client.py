@@ -29,6 +29,7 @@ from temalign.protocol.errors import (
     remote_error,
 )
 from temalign.protocol.framing import BadJson, LineReader, LineTooLong, decode, encode
+from temalign.values import JsonObject
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class ProtocolClient:
         self.call_timeout_s = _positive("call_timeout_s", call_timeout_s)
         self.connect_timeout_s = _positive("connect_timeout_s", connect_timeout_s)
         self.max_line_bytes = max_line_bytes
-        self._hello_params: dict[str, Any] = {"client": client_name}
+        self._hello_params: JsonObject = {"client": client_name}
         if token is not None:
             self._hello_params["token"] = token
         messages.HelloParams.model_validate(self._hello_params)
@@ -83,7 +84,7 @@ class ProtocolClient:
             assert self._hello is not None
             return self._hello
 
-    def call(self, method: str, params: dict | None = None, *, timeout_s: float | None = None) -> Any:
+    def call(self, method: str, params: JsonObject | None = None, *, timeout_s: float | None = None) -> Any:
         """The `result` of `method(params)`. Raises a RemoteError subclass when the server answers
         with an error (the connection stays), a TransportError otherwise (the connection is
         dropped; the next call reconnects)."""
@@ -180,7 +181,7 @@ class ProtocolClient:
             log.info("protocol client: %s:%s closed the idle connection; reconnecting", self.host, self.port)
         return True
 
-    def _exchange(self, method: str, params: dict[str, Any], timeout: float) -> Any:
+    def _exchange(self, method: str, params: JsonObject, timeout: float) -> Any:
         """Send one request and read its reply, both within `timeout` seconds."""
         assert self._sock is not None and self._reader is not None
         request_id = next(self._ids)
@@ -228,18 +229,18 @@ class ProtocolClient:
         reply_id = reply["id"]
         ours = type(reply_id) is int and reply_id == request_id
         if "error" in reply and (ours or reply_id is None):
-            error = self._error(method, reply["error"])
+            refused = self._error(method, reply["error"])
             if reply_id is None:
                 # The server could not tell which request this answers (a line it could not read,
                 # say); with one request in flight it is ours, but the stream is suspect.
                 self._drop()
-            raise error
+            raise refused
         if not ours:
             raise MalformedReply(f"{method}: reply id {str(reply_id)[:40]!r} is not the pending {request_id}")
         return reply["result"]
 
     @staticmethod
-    def _error(method: str, error: Any) -> RemoteError:
+    def _error(method: str, error: object) -> RemoteError:
         if not isinstance(error, dict):
             raise MalformedReply(f"{method}: error is not an object")
         code, message = error.get("code"), error.get("message")

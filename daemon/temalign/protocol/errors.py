@@ -5,7 +5,7 @@ said no (`RemoteError` and its subclasses), or the exchange itself failed (`Tran
 
 from __future__ import annotations
 
-from typing import Any
+from temalign.values import JsonObject
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -49,7 +49,7 @@ class RemoteError(ProtocolError):
 
     code: int = INTERNAL_ERROR
 
-    def __init__(self, message: str, code: int | None = None, data: Any = None) -> None:
+    def __init__(self, message: str, code: int | None = None, data: object = None) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
@@ -59,8 +59,8 @@ class RemoteError(ProtocolError):
     def __str__(self) -> str:
         return f"[{self.code}] {self.message}"
 
-    def to_json(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
+    def to_json(self) -> JsonObject:
+        error: JsonObject = {"code": self.code, "message": self.message}
         if self.data is not None:
             error["data"] = self.data
         return error
@@ -111,7 +111,7 @@ _BY_CODE: dict[int, type[RemoteError]] = {
 }
 
 
-def remote_error(code: int, message: str, data: Any = None) -> RemoteError:
+def remote_error(code: int, message: str, data: object = None) -> RemoteError:
     """The exception class for a reply's error code (a plain `RemoteError` for codes we don't know)."""
     cls = _BY_CODE.get(code, RemoteError)
     return cls(message, code=code, data=data)

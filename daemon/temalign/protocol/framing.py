@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Any
+from typing import Any, NoReturn
 
 from temalign.values import finite
 
@@ -24,7 +24,7 @@ class BadJson(ValueError):
     """A line that is not one strict JSON value (message says why, short)."""
 
 
-def _no_constant(name: str) -> Any:
+def _no_constant(name: str) -> NoReturn:
     raise BadJson(f"{name} is not JSON")
 
 
@@ -56,7 +56,7 @@ def decode(line: bytes | bytearray, *, finite_floats: bool = False) -> Any:
         raise BadJson(f"not JSON: {str(error)[:120]}") from None
 
 
-def encode(message: Any) -> bytes:
+def encode(message: object) -> bytes:
     """One message as one line: compact, ASCII-only (always valid UTF-8), strict (ValueError on
     NaN/Infinity, TypeError on values JSON cannot carry)."""
     text = json.dumps(message, separators=(",", ":"), ensure_ascii=True, allow_nan=False)

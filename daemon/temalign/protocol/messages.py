@@ -8,12 +8,15 @@ from __future__ import annotations
 import base64
 import binascii
 import math
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from temalign.microscope import HARDWARE_RANGE
-from temalign.values import finite
+from temalign.values import JsonObject, finite
+
+if TYPE_CHECKING:
+    import numpy.typing as npt
 
 PROTOCOL_VERSION = 1
 MAX_FRAME_SIDE = 16384
@@ -155,7 +158,7 @@ class FrameResult(_Reply):
         return raw
 
 
-def encode_frame(frame: Any) -> dict[str, Any]:
+def encode_frame(frame: npt.ArrayLike) -> JsonObject:
     """A 2-D uint16 array as the `camera.acquire` result."""
     import numpy as np
 

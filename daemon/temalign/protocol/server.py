@@ -16,7 +16,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -33,10 +32,12 @@ from temalign.protocol.errors import (
     RemoteError,
 )
 from temalign.protocol.framing import BadJson, LineReader, LineTooLong, decode, encode
+from temalign.values import JsonObject
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[dict[str, Any]], Any]
+Handler = Callable[[JsonObject], object]
+"""params -> result: anything JSON can carry (a result it cannot is an internal error)."""
 
 _JOIN_TIMEOUT_S = 5.0
 _LINGER_S = 0.5
@@ -60,23 +61,23 @@ class RawReply(Exception):
         self.line = line
 
 
-def _short(value: Any, limit: int = 80) -> str:
+def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _valid_id(value: Any) -> bool:
+def _valid_id(value: object) -> bool:
     return value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
 
 
-def _error(request_id: Any, code: int, message: str, data: Any = None) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": code, "message": message}
+def _error(request_id: object, code: int, message: str, data: object = None) -> JsonObject:
+    error: JsonObject = {"code": code, "message": message}
     if data is not None:
         error["data"] = data
     return {"jsonrpc": "2.0", "id": request_id, "error": error}
 
 
-def _check_limits(limits: Any) -> None:
+def _check_limits(limits: object) -> None:
     try:
         messages.LimitsModel.model_validate(limits)
     except ValidationError as error:
@@ -94,7 +95,7 @@ class ProtocolServer:
     is known before `start()`."""
 
     def __init__(self, methods: Mapping[str, Handler], *, server_name: str,
-                 limits: Callable[[], dict] | dict, capabilities: Sequence[str] = (),
+                 limits: Callable[[], JsonObject] | JsonObject, capabilities: Sequence[str] = (),
                  token: str | None = None,
                  host: str = "127.0.0.1", port: int = 0, max_line_bytes: int = MAX_LINE_BYTES,
                  max_connections: int = 64) -> None:
@@ -240,17 +241,17 @@ class ProtocolServer:
                 self._connections[sock] = thread
         if full:
             log.warning("protocol server: refusing %s: %d connections open", peer, self.max_connections)
-            error = Busy(f"too many connections (at most {self.max_connections}); try again later")
+            busy = Busy(f"too many connections (at most {self.max_connections}); try again later")
             try:
                 sock.settimeout(0.2)
-                sock.sendall(encode({"jsonrpc": "2.0", "id": None, "error": error.to_json()}))
+                sock.sendall(encode({"jsonrpc": "2.0", "id": None, "error": busy.to_json()}))
             except OSError:
                 pass
             sock.close()
             return
         thread.start()
 
-    def _serve_connection(self, sock: socket.socket, peer: Any) -> None:
+    def _serve_connection(self, sock: socket.socket, peer: object) -> None:
         reader = LineReader(sock, self.max_line_bytes)
         state = {"authenticated": self._token is None}
         try:
@@ -282,7 +283,7 @@ class ProtocolServer:
                 self._connections.pop(sock, None)
             sock.close()
 
-    def _send_and_linger(self, sock: socket.socket, message: dict[str, Any]) -> None:
+    def _send_and_linger(self, sock: socket.socket, message: JsonObject) -> None:
         """Reply, then close so the reply arrives: unread input would turn the close into a reset
         that can discard the reply at the peer, so read and drop it for a moment first."""
         try:
@@ -348,7 +349,7 @@ class ProtocolServer:
                                        f"internal error in {_short(method)}: {type(error).__name__}"))
         return self._encode({"jsonrpc": "2.0", "id": request_id, "result": result}, method)
 
-    def _encode(self, message: dict[str, Any], method: str = "") -> bytes:
+    def _encode(self, message: JsonObject, method: str = "") -> bytes:
         try:
             line = encode(message)
         except (TypeError, ValueError) as error:
@@ -363,7 +364,7 @@ class ProtocolServer:
                                  f"{self.max_line_bytes}-byte line limit"))
         return line
 
-    def _dispatch(self, method: str, params: dict[str, Any], state: dict[str, bool]) -> Any:
+    def _dispatch(self, method: str, params: JsonObject, state: dict[str, bool]) -> object:
         if method == "hello":
             return self._hello(params, state)
         if not state["authenticated"]:
@@ -380,14 +381,14 @@ class ProtocolServer:
                 raise RemoteError(f"{method}: {messages.describe(error)}", code=INVALID_PARAMS) from None
         return handler(params)
 
-    def before_call(self, method: str, params: dict[str, Any]) -> None:
+    def before_call(self, method: str, params: JsonObject) -> None:
         """Called before every request but hello, once authenticated; the core does nothing here."""
 
     def closing_wait(self, seconds: float) -> bool:
         """Wait `seconds` (wall time) unless the server closes first; True when it is closing."""
         return self._closing.wait(seconds)
 
-    def _hello(self, params: dict[str, Any], state: dict[str, bool]) -> dict[str, Any]:
+    def _hello(self, params: JsonObject, state: dict[str, bool]) -> JsonObject:
         try:
             hello = messages.HelloParams.model_validate(params)
         except ValidationError as error:

@@ -8,7 +8,7 @@ the connection as any other protocol error would."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 from pydantic import ValidationError
@@ -19,6 +19,7 @@ from temalign.protocol.address import parse_address
 from temalign.protocol.client import ProtocolClient
 from temalign.protocol.errors import InvalidParams, MalformedReply, OutOfRange
 from temalign.protocol.messages import M
+from temalign.values import JsonObject
 
 APERTURE = "condenser"
 LENS = "C1"
@@ -33,7 +34,23 @@ def _address(address: str | tuple[str, int]) -> tuple[str, int]:
     raise ValueError(f"address must be 'HOST:PORT' or (host, port), got {address!r}")
 
 
-def _integer(method: str, name: str, value: Any) -> int:
+class ConnectionSettings(Protocol):
+    """What `TcpMicroscope.from_settings` reads: the config's `microscope` section
+    (temalign.config.schema.MicroscopeSettings; the config imports this layer, not the reverse)."""
+
+    @property
+    def host_port(self) -> tuple[str, int]: ...
+    @property
+    def token(self) -> str | None: ...
+    @property
+    def call_timeout_s(self) -> float: ...
+    @property
+    def connect_timeout_s(self) -> float: ...
+    @property
+    def acquire_timeout_s(self) -> float: ...
+
+
+def _integer(method: str, name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
         raise InvalidParams(f"{method}: {name} must be an integer number of motor units, "
                             f"got {value!r}; not sent")
@@ -65,7 +82,7 @@ class TcpMicroscope:
                                      client_name=client_name)
 
     @classmethod
-    def from_settings(cls, settings: Any, client_name: str) -> TcpMicroscope:
+    def from_settings(cls, settings: ConnectionSettings, client_name: str) -> TcpMicroscope:
         """The microscope a config's `microscope` section names (address, token, deadlines)."""
         return cls(settings.host_port, token=settings.token, call_timeout_s=settings.call_timeout_s,
                    connect_timeout_s=settings.connect_timeout_s, acquire_timeout_s=settings.acquire_timeout_s,
@@ -125,7 +142,7 @@ class TcpMicroscope:
 
     def acquire(self, exposure_s: float | None = None) -> np.ndarray:
         """One frame as a 2-D uint16 array of shape (height, width)."""
-        params: dict[str, Any] = {}
+        params: JsonObject = {}
         if exposure_s is not None:
             if isinstance(exposure_s, bool) or not isinstance(exposure_s, int | float | np.floating) \
                     or not 0 < exposure_s <= 60:
@@ -149,7 +166,7 @@ class TcpMicroscope:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, params: dict[str, Any], model: type[M], timeout_s: float | None = None) -> M:
+    def _call(self, method: str, params: JsonObject, model: type[M], timeout_s: float | None = None) -> M:
         result = self.client.call(method, params, timeout_s=timeout_s)
         try:
             return model.model_validate(result)

@@ -42,7 +42,7 @@ from typing import Any, BinaryIO
 from temalign.clock import Clock
 from temalign.durable import fsync_dir
 from temalign.errors import TemalignError
-from temalign.values import jsonable
+from temalign.values import JsonObject, jsonable
 
 ACTIVE_NAME = "journal.jsonl"
 LOCK_NAME = "journal.lock"
@@ -95,11 +95,11 @@ def _current_codes(value: Any) -> Any:
     return value
 
 
-def _encode(entry: dict[str, Any]) -> bytes:
+def _encode(entry: JsonObject) -> bytes:
     return (json.dumps(entry, ensure_ascii=True, allow_nan=False, separators=(",", ":")) + "\n").encode()
 
 
-def _decode(line: bytes) -> tuple[dict[str, Any] | None, str]:
+def _decode(line: bytes) -> tuple[JsonObject | None, str]:
     """The entry on `line`, or None and what is wrong with it."""
     try:
         entry = json.loads(line)
@@ -113,10 +113,10 @@ def _decode(line: bytes) -> tuple[dict[str, Any] | None, str]:
     return _current_codes(entry), ""
 
 
-def _parse(data: bytes, path: Path, *, torn_tail: bool) -> tuple[list[dict[str, Any]], int]:
+def _parse(data: bytes, path: Path, *, torn_tail: bool) -> tuple[list[JsonObject], int]:
     """The entries in a journal file's bytes and the length of the valid prefix. With `torn_tail` a
     bad last line (cut short, no newline) ends the prefix; any other bad line raises JournalCorrupt."""
-    entries: list[dict[str, Any]] = []
+    entries: list[JsonObject] = []
     pos, number = 0, 0
     while pos < len(data):
         number += 1
@@ -126,7 +126,8 @@ def _parse(data: bytes, path: Path, *, torn_tail: bool) -> tuple[list[dict[str, 
         if entry is not None and end < 0:
             entry, problem = None, "no newline at its end (cut short)"
         if entry is not None and entries and entry["seq"] <= entries[-1]["seq"]:
-            entry, problem = None, f"seq {entry['seq']} after seq {entries[-1]['seq']}"
+            problem = f"seq {entry['seq']} after seq {entries[-1]['seq']}"
+            entry = None
         if entry is None:
             if torn_tail and (end < 0 or end + 1 == len(data)):
                 return entries, pos
@@ -208,7 +209,7 @@ class Journal:
         self._size = 0
         self._first_seq: int | None = None
         self._header = 0
-        self._pending: dict[int, dict[str, Any]] = {}
+        self._pending: dict[int, JsonObject] = {}
         self.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         self._lock_fd: int | None = self._take_lock()
         try:
@@ -276,13 +277,13 @@ class Journal:
                                            "after_seq": active[-1]["seq"] if active else None})
         self._prune()
 
-    def _track(self, entry: dict[str, Any]) -> None:
+    def _track(self, entry: JsonObject) -> None:
         if entry["kind"] == ROTATED_KIND and isinstance(entry.get("pending"), list):
             self._pending = {e["op"]: e for e in entry["pending"] if isinstance(e, dict) and "op" in e}
         elif entry.get("phase") == "intent":
             self._pending[entry["op"]] = entry
-        elif entry.get("phase") == "done":
-            self._pending.pop(entry.get("op"), None)
+        elif entry.get("phase") == "done" and "op" in entry:
+            self._pending.pop(entry["op"], None)
 
     def _keep_torn(self, torn: bytes, after: int | None) -> None:
         fd, created = _open_mode(self.state_dir / TORN_NAME, os.O_WRONLY | os.O_APPEND)
@@ -297,21 +298,21 @@ class Journal:
 
     # ---- writing ----------------------------------------------------------------------------------
 
-    def append(self, kind: str, **fields: Any) -> dict[str, Any]:
+    def append(self, kind: str, **fields: object) -> JsonObject:
         """Record `kind` with `fields`, durably (fsynced) before returning the entry as written."""
         return self._write(kind, {}, fields)
 
-    def intent(self, kind: str, **fields: Any) -> int:
+    def intent(self, kind: str, **fields: object) -> int:
         """Record, before acting, what is about to happen; returns the op id for `outcome`."""
         return int(self._write(kind, {"phase": "intent", "op": None}, fields)["op"])
 
-    def outcome(self, op: int, kind: str, **fields: Any) -> dict[str, Any]:
+    def outcome(self, op: int, kind: str, **fields: object) -> JsonObject:
         """Record how the operation `op` (an intent's id, perhaps from before a restart) ended."""
         if not isinstance(op, int) or isinstance(op, bool) or op < 1:
             raise ValueError(f"op must be an intent's id (a positive int), got {op!r}")
         return self._write(kind, {"phase": "done", "op": op}, fields)
 
-    def _write(self, kind: str, head: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    def _write(self, kind: str, head: JsonObject, fields: dict[str, object]) -> JsonObject:
         if not isinstance(kind, str) or not kind:
             raise ValueError(f"journal kind must be a non-empty string, got {kind!r}")
         clash = RESERVED.intersection(fields)
@@ -328,8 +329,8 @@ class Journal:
                 line = _encode(entry)
             return self._commit(entry, line)
 
-    def _entry(self, seq: int, kind: str, head: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
-        entry: dict[str, Any] = {"seq": seq, "time": _utc_now()}
+    def _entry(self, seq: int, kind: str, head: JsonObject, body: JsonObject) -> JsonObject:
+        entry: JsonObject = {"seq": seq, "time": _utc_now()}
         if self._clock is not None:
             entry["t"] = jsonable(float(self._clock.now()))
         entry["kind"] = kind
@@ -339,11 +340,11 @@ class Journal:
         entry.update(body)
         return entry
 
-    def _emit(self, kind: str, head: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+    def _emit(self, kind: str, head: JsonObject, body: JsonObject) -> JsonObject:
         entry = self._entry(self._seq + 1, kind, head, body)
         return self._commit(entry, _encode(entry))
 
-    def _commit(self, entry: dict[str, Any], line: bytes) -> dict[str, Any]:
+    def _commit(self, entry: JsonObject, line: bytes) -> JsonObject:
         """Write one entry whole and fsync it; a failed write is cut back so the file stays valid."""
         assert self._fd is not None
         try:
@@ -421,7 +422,7 @@ class Journal:
 
     # ---- reading ----------------------------------------------------------------------------------
 
-    def pending(self) -> list[dict[str, Any]]:
+    def pending(self) -> list[JsonObject]:
         """Intents with no outcome, oldest first: what a crash left in flight."""
         with self._lock:
             return [dict(self._pending[op]) for op in sorted(self._pending)]
@@ -447,7 +448,7 @@ class Journal:
         if self._fd is None:
             raise JournalError(f"the journal in {self.state_dir} is closed")
 
-    def entries(self) -> Iterator[dict[str, Any]]:
+    def entries(self) -> Iterator[JsonObject]:
         """Every entry, oldest first, across the rotated files."""
         files = self._snapshot()
         try:
@@ -457,12 +458,12 @@ class Journal:
             for _, handle, _ in files:
                 handle.close()
 
-    def tail(self, n: int) -> list[dict[str, Any]]:
+    def tail(self, n: int) -> list[JsonObject]:
         """The last `n` entries, oldest first, reading back only as many files as needed."""
         if n <= 0:
             return []
         files = self._snapshot()
-        found: list[dict[str, Any]] = []
+        found: list[JsonObject] = []
         try:
             for path, handle, limit in reversed(files):
                 data, _whole = _read_last_lines(handle, limit, n - len(found))
@@ -497,7 +498,7 @@ class Journal:
         self.close()
 
 
-def read_journal(path_or_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+def read_journal(path_or_dir: str | os.PathLike[str]) -> list[JsonObject]:
     """All entries of a journal directory (oldest first, across rotated files) or of one file, for
     readers beside a running daemon (`temalign history`): takes no lock, and skips a torn or
     half-written last line of the active file instead of failing. FileNotFoundError if there is no
@@ -518,7 +519,7 @@ def read_journal(path_or_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 continue
             if not handles:
                 raise FileNotFoundError(f"no journal in {path}")
-            out: list[dict[str, Any]] = []
+            out: list[JsonObject] = []
             for name, handle in handles:
                 out.extend(_parse(handle.read(), name, torn_tail=name.name == ACTIVE_NAME)[0])
             return out

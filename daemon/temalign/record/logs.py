@@ -33,7 +33,7 @@ def _jsonable_event(_logger: WrappedLogger, _method: str, event_dict: EventDict)
     return {str(key): jsonable(value, str(key), default=str) for key, value in ordered.items()}
 
 
-def _serialize(obj: Any, **kwargs: Any) -> str:
+def _serialize(obj: object, **kwargs: Any) -> str:
     return json.dumps(obj, allow_nan=False, **kwargs)
 
 
@@ -49,7 +49,7 @@ def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> Non
     if fmt not in FORMATS:
         raise ValueError(f"unknown log format {fmt!r}; expected one of {', '.join(FORMATS)}")
     stream = sys.stdout if stream is None else stream
-    is_tty = bool(getattr(stream, "isatty", lambda: False)())
+    is_tty = stream.isatty()
     if fmt == "auto":
         fmt = "console" if is_tty else "json"
     numeric_level = getattr(logging, level.upper())
@@ -108,7 +108,7 @@ _CYCLE_LEVELS = {"error": logging.ERROR, "rolled_back": logging.WARNING, "hold":
                  "refused_limit": logging.WARNING}
 
 
-def cycle_line(logger: Any, **fields: Any) -> None:
+def cycle_line(logger: structlog.stdlib.BoundLogger, **fields: object) -> None:
     """Emit the one canonical line of a cycle: event "cycle" with every figure of it as a field.
 
     Values are made JSON here by the one rule of temalign/values.py (numpy scalars, tuples; NaN as

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 from temalign.decide.envelope import Decision
 from temalign.estimate.classical import ClassicalEstimate
 from temalign.estimate.combined import Measurement
-from temalign.values import rounded, rounded_pair
+from temalign.values import JsonObject, rounded, rounded_pair
 
 Pair = tuple[int, int]
 
@@ -68,7 +67,7 @@ class CycleResult:
             return self.check.delta
         return self.before.delta if self.before is not None else None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         """Plain JSON (journal, `once --json`, `status --json`, the log line)."""
         return {"outcome": self.outcome, "reason": self.reason, "detail": self.detail, "mode": self.mode,
                 "started": self.started, "duration_s": round(self.duration_s, 4),
@@ -78,7 +77,7 @@ class CycleResult:
                 "check": check_json(self.check)}
 
 
-def check_json(c: ClassicalEstimate | None) -> dict[str, Any] | None:
+def check_json(c: ClassicalEstimate | None) -> JsonObject | None:
     """The two-frame check as plain JSON."""
     if c is None:
         return None
@@ -86,7 +85,7 @@ def check_json(c: ClassicalEstimate | None) -> dict[str, Any] | None:
     return {"delta": rounded_pair(c.delta), "misalignment": size, "frames": c.frames_used, "reason": c.reason}
 
 
-def measurement_json(m: Measurement | None) -> dict[str, Any] | None:
+def measurement_json(m: Measurement | None) -> JsonObject | None:
     """A measurement as plain JSON: each estimator's delta, the one used, the trust and why."""
     if m is None:
         return None
@@ -102,7 +101,7 @@ def measurement_json(m: Measurement | None) -> dict[str, Any] | None:
             "classical_ms": round(m.classical_ms, 3)}
 
 
-def decision_json(d: Decision | None) -> dict[str, Any] | None:
+def decision_json(d: Decision | None) -> JsonObject | None:
     """The envelope's decision as plain JSON."""
     if d is None:
         return None

@@ -23,17 +23,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal, TypedDict, Unpack
 
 from temalign.durable import atomic_write
 from temalign.errors import TemalignError
-from temalign.values import finite
+from temalign.values import JsonObject, finite
 
 STATE_NAME = "state.json"
 LOCK_NAME = "state.lock"
 STATE_VERSION = 1
 FILE_MODE = 0o640
-MODES = ("live", "dry-run")
+Mode = Literal["live", "dry-run"]
+MODES: tuple[Mode, ...] = ("live", "dry-run")
 _FIELDS = ("mode", "paused_until", "pause_reason", "hold", "reference", "reference_set_by",
            "last_position", "last_c1")
 
@@ -63,7 +64,7 @@ class RunState:
     """The run-time settings a person made and what the daemon must remember across a restart.
     Validated on construction, so no state that cannot be read back is ever written."""
 
-    mode: Literal["live", "dry-run"]
+    mode: Mode
     paused_until: float | None = None
     pause_reason: str | None = None
     hold: str | None = None
@@ -90,9 +91,9 @@ class RunState:
         for name in ("reference", "last_position"):
             object.__setattr__(self, name, _optional_pair(name, getattr(self, name)))
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JsonObject:
         """Strict JSON: an endless pause is the string "inf"."""
-        data = {name: getattr(self, name) for name in _FIELDS}
+        data: JsonObject = {name: getattr(self, name) for name in _FIELDS}
         if data["paused_until"] == math.inf:
             data["paused_until"] = "inf"
         for name in ("reference", "last_position"):
@@ -122,6 +123,19 @@ class RunState:
         return cls(**fields)
 
 
+class StateChanges(TypedDict, total=False):
+    """The fields of a RunState that `StateStore.update` may change, any of them."""
+
+    mode: Mode
+    paused_until: float | None
+    pause_reason: str | None
+    hold: str | None
+    reference: tuple[int, int] | None
+    reference_set_by: str | None
+    last_position: tuple[int, int] | None
+    last_c1: float | None
+
+
 class StateStore:
     """`state.json` in `state_dir`: atomic, fsynced writes; `update` is a locked
     load-modify-save, safe between threads and processes."""
@@ -129,10 +143,10 @@ class StateStore:
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / STATE_NAME
-        self._default_mode: str | None = None
+        self._default_mode: Mode | None = None
         self._lock = threading.Lock()
 
-    def load(self, default_mode: str) -> RunState:
+    def load(self, default_mode: Mode) -> RunState:
         """The saved state; with no file, the first start's: `default_mode` (the config's), not
         paused, no hold, no reference. StateError (a ValueError) naming the file if it is corrupt."""
         if default_mode not in MODES:
@@ -141,7 +155,7 @@ class StateStore:
         found = self._read(default_mode)
         return RunState(mode=default_mode) if found is None else found[0]
 
-    def _read(self, default_mode: str) -> tuple[RunState, bool] | None:
+    def _read(self, default_mode: Mode) -> tuple[RunState, bool] | None:
         """The saved state and whether its mode was set at run time; None if there is no file."""
         try:
             text = self.path.read_bytes().decode("utf-8")
@@ -180,12 +194,12 @@ class StateStore:
         encoded = (json.dumps(data, indent=1, allow_nan=False) + "\n").encode()
         atomic_write(self.path, lambda handle: handle.write(encoded), mode=FILE_MODE)
 
-    def update(self, **changes: Any) -> RunState:
+    def update(self, **changes: Unpack[StateChanges]) -> RunState:
         """Change some fields under a lock (between threads and processes) and save; returns the new
         state. The mode is recorded as set only if `mode` is among the changes (or was before); the
         state returned fills an unset mode with the last `load`'s default, or "dry-run" (the mode
         that never moves) if this store was never loaded."""
-        default = self._default_mode or "dry-run"
+        default: Mode = self._default_mode or "dry-run"
         with self._lock, self._file_lock():
             found = self._read(default)
             current, mode_set = found if found is not None else (RunState(mode=default), False)

@@ -135,7 +135,7 @@ def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: W
                                "are not independent; the motor does not move as commanded")
     matrix = walk_change @ np.linalg.inv(moves)
     try:
-        calibration = Calibration(matrix=matrix.tolist(), wobble_fraction=wobble_settings.fraction,  # type: ignore[arg-type]
+        calibration = Calibration(matrix=matrix.tolist(), wobble_fraction=wobble_settings.fraction,
                                   c1=c0, measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
                                   source="measured", residual_fov=max(w.residual_fov for w in walks))
     except ValueError as error:

@@ -12,9 +12,14 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from temalign.errors import TemalignError
+
+if TYPE_CHECKING:
+    from temalign.cli import Subparsers
+    from temalign.config.schema import Settings
+    from temalign.values import JsonObject
 
 
 def _config_arg(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +35,7 @@ def _json_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def register(subparsers: Any) -> None:
+def register(subparsers: Subparsers) -> None:
     """Add `run`, `status`, `pause`, `resume`, `once`, `dry-run`, `hold`, `reference`, `history`."""
     p = subparsers.add_parser("run", help="run the alignment service (systemd runs this)",
                               description="Run the service: a cycle every schedule.interval_s, the control "
@@ -93,14 +98,14 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=history)
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace) -> Settings:
     from temalign.config.loader import apply_overrides, default_config_path, load_config
 
     settings = load_config(args.config if args.config is not None else default_config_path())
     return apply_overrides(settings, microscope=getattr(args, "microscope", None))
 
 
-def _verb(args: argparse.Namespace, verb: str, extra: dict[str, Any] | None = None) -> int:
+def _verb(args: argparse.Namespace, verb: str, extra: JsonObject | None = None) -> int:
     from temalign.service.control import request
 
     settings = _settings(args)
@@ -141,7 +146,7 @@ def parse_duration(text: str) -> float:
 
 
 def pause(args: argparse.Namespace) -> int:
-    extra: dict[str, Any] = {"reason": args.reason}
+    extra: JsonObject = {"reason": args.reason}
     if args.duration:
         try:
             extra["for_s"] = parse_duration(args.duration)
@@ -150,7 +155,7 @@ def pause(args: argparse.Namespace) -> int:
     return _verb(args, "pause", extra)
 
 
-def describe_status(s: dict[str, Any]) -> str:
+def describe_status(s: JsonObject) -> str:
     """The status as a few lines a person reads at the column."""
     lines = [f"state: {s['state']}" + (f" ({s['hold']})" if s.get("hold") else "")
              + (f", mode {s['mode']}" if s["state"] not in ("dry_run",) else "")]
@@ -178,7 +183,7 @@ def describe_status(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def describe_cycle(c: dict[str, Any]) -> str:
+def describe_cycle(c: JsonObject) -> str:
     """One cycle in one line: outcome, estimate, decision, positions."""
     before = c.get("before") or {}
     m = before.get("misalignment")
@@ -207,12 +212,11 @@ def history(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from temalign.config.schema import Settings
     from temalign.protocol.tcp_microscope import TcpMicroscope
     from temalign.record.logs import configure_logging
     from temalign.service.daemon import Daemon
 
-    settings: Settings = _settings(args)
+    settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)
     ms = settings.microscope
     microscope = TcpMicroscope.from_settings(ms, "temalign-daemon")
@@ -226,7 +230,7 @@ def run(args: argparse.Namespace) -> int:
         microscope.close()
 
 
-def describe_calibration(cal: dict[str, Any]) -> str:
+def describe_calibration(cal: JsonObject) -> str:
     """The matrix and what it says about the camera: rotation, scale, mirroring, against twin.md's."""
     import numpy as np
 
@@ -256,7 +260,7 @@ def calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _calibrate_directly(settings: Any, step: float) -> dict[str, Any]:
+def _calibrate_directly(settings: Settings, step: float) -> JsonObject:
     from temalign.clock import RealClock
     from temalign.estimate.calibration import save_calibration
     from temalign.protocol.errors import ProtocolError

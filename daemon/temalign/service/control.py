@@ -16,13 +16,12 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from temalign.errors import TemalignError
-from temalign.values import jsonable
+from temalign.values import JsonObject, jsonable
 
 MAX_REQUEST_BYTES = 64 * 1024
-Handler = Callable[[str, dict[str, Any], int | None], dict[str, Any]]
+Handler = Callable[[str, JsonObject, int | None], JsonObject]
 """(verb, args, peer uid) -> result; raises TemalignError or ValueError for a refused request."""
 
 
@@ -37,7 +36,7 @@ def peer_uid(conn: socket.socket) -> int | None:
     except (OSError, AttributeError):
         return None
     _pid, uid, _gid = struct.unpack("3i", creds)
-    return uid
+    return int(uid)
 
 
 class ControlServer:
@@ -146,7 +145,7 @@ def _read_line(conn: socket.socket) -> str:
     return data.decode("utf-8")
 
 
-def _send(conn: socket.socket, obj: dict[str, Any]) -> None:
+def _send(conn: socket.socket, obj: JsonObject) -> None:
     """Best effort: a client that went away gets nothing, and the daemon carries on."""
     with contextlib.suppress(OSError):
         line = json.dumps(jsonable(obj, "reply", default=str), allow_nan=False)
@@ -163,8 +162,8 @@ def _answers(path: Path) -> bool:
     return True
 
 
-def request(path: Path, verb: str, args: dict[str, Any] | None = None, timeout_s: float | None = 900.0
-            ) -> dict[str, Any]:
+def request(path: Path, verb: str, args: JsonObject | None = None, timeout_s: float | None = 900.0
+            ) -> JsonObject:
     """Send one request to the daemon at `path`; its result, or ControlError with its reason."""
     path = Path(path)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:

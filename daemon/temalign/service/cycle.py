@@ -20,7 +20,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 from temalign.act.correct import C1_RESTORE_FAILED, CORRECTED, Acted, Mover, correct
 from temalign.clock import Clock
@@ -36,7 +36,7 @@ from temalign.microscope import Microscope
 from temalign.protocol.errors import ProtocolError
 from temalign.record.journal import Journal
 from temalign.record.result import MICROSCOPE_UNREACHABLE, CycleResult
-from temalign.record.state import RunState, StateStore
+from temalign.record.state import RunState, StateChanges, StateStore
 from temalign.values import rounded_pair
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.errors import C1RestoreFailed, LensDidNotTake, SourceError, WobbleError
@@ -93,6 +93,19 @@ class Parts:
         return self.failures
 
 
+class CycleFields(TypedDict, total=False):
+    """What a cycle has found out so far, for its CycleResult (record.result) whenever it ends."""
+
+    position_before: Pair | None
+    position_after: Pair | None
+    c1: float | None
+    before: Measurement | None
+    after: Measurement | None
+    decision: Decision | None
+    applied: tuple[float, float] | None
+    check: ClassicalEstimate | None
+
+
 class _Cycle:
     """The steps of one cycle over shared parts; `run()` returns its CycleResult."""
 
@@ -106,12 +119,12 @@ class _Cycle:
         self.t0 = parts.clock.now()
         self.state: RunState = parts.state.load(self.s.schedule.mode)
         self.live = self.state.mode == "live" and self.state.hold is None
-        self.fields: dict[str, Any] = {}
+        self.fields: CycleFields = {}
 
-    def result(self, outcome: str, reason: str, detail: str, **fields: Any) -> CycleResult:
-        merged = {**self.fields, **fields}
+    def result(self, outcome: str, reason: str, detail: str) -> CycleResult:
         mode = "hold" if self.state.hold else self.state.mode
-        return CycleResult(outcome, reason, detail, mode, self.t0, self.p.clock.now() - self.t0, **merged)
+        duration = self.p.clock.now() - self.t0
+        return CycleResult(outcome, reason, detail, mode, self.t0, duration, **self.fields)
 
     def run(self) -> CycleResult:
         return self._remember(self._run())
@@ -170,7 +183,7 @@ class _Cycle:
         """The aperture and C1 as they are at the cycle's start."""
         where = self.p.microscope.aperture()
         position, c1 = (int(where.x), int(where.y)), float(self.p.microscope.c1())
-        self.fields.update(position_before=position, position_after=position, c1=c1)
+        self.fields.update({"position_before": position, "position_after": position, "c1": c1})
         if self.p.session_start is None:
             self.p.session_start = position
         return position, c1
@@ -261,7 +274,8 @@ class _Cycle:
         mover = Mover(self.p.microscope, self.p.journal, self.p.ledger, self.p.clock)
         acted: Acted = correct(mover, position=position, target=target, before=before,
                                verify=lambda: self.measure("verify"), safety=self.s.safety)
-        self.fields.update(position_after=acted.position_after, applied=acted.applied, after=acted.after)
+        self.fields.update({"position_after": acted.position_after, "applied": acted.applied,
+                            "after": acted.after})
         if acted.reason == C1_RESTORE_FAILED:
             return self.hold(acted.reason, acted.detail, f"C1 could not be restored: {acted.detail}")
         if acted.failure is not None:
@@ -295,7 +309,7 @@ class _Cycle:
 
     def _remember(self, result: CycleResult) -> CycleResult:
         """Where the daemon leaves the column, for the next cycle's hands-on check."""
-        changes: dict[str, Any] = {}
+        changes: StateChanges = {}
         if result.position_after is not None:
             changes["last_position"] = result.position_after
         if result.c1 is not None:

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -38,8 +38,12 @@ from temalign.service import notify, recovery, verbs
 from temalign.service.control import ControlServer
 from temalign.service.cycle import Parts, can_check, run_cycle
 from temalign.service.schedule import PlanState, observe, plan_next
+from temalign.values import JsonObject
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.sources import ImageSource, source_from_settings
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
 
 log = structlog.get_logger("temalign")
 
@@ -74,12 +78,12 @@ class Daemon:
                            session_start=None, wall=wall)
         self.lock = threading.Lock()
         self._stop = threading.Event()
-        self._scheduler: Any = None
+        self._scheduler: BackgroundScheduler | None = None
         self._plan_state = PlanState()
         self._next_look = "full"
         self._hup: threading.Event | None = None
         self._control: ControlServer | None = None
-        self.last: list[dict[str, Any]] = []
+        self.last: list[JsonObject] = []
         self.started = False
 
     # ---- start-up ---------------------------------------------------------------------------------
@@ -197,15 +201,15 @@ class Daemon:
         tail = f"; last cycle {last['outcome']} ({last['reason']})" if last else ""
         return f"{self.state_name()}{' (' + st.hold + ')' if st.hold else ''}{tail}"
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> JsonObject:
         """What `temalign status` shows (service.verbs.status)."""
         return verbs.status(self, {}, None)
 
-    def handle(self, verb: str, args: dict[str, Any], uid: int | None) -> dict[str, Any]:
+    def handle(self, verb: str, args: JsonObject, uid: int | None) -> JsonObject:
         """A control request (service.verbs); raises ValueError to refuse it."""
         return verbs.handle(self, verb, args, uid)
 
-    def calibrate(self, step_units: float = 60.0) -> dict[str, Any]:
+    def calibrate(self, step_units: float = 60.0) -> JsonObject:
         """Measure and store the 2 x 2 calibration between cycles (service.verbs.calibrate)."""
         return verbs.calibrate(self, {"step_units": step_units}, None)
 

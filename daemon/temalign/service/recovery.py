@@ -42,7 +42,8 @@ def recover(*, microscope: Microscope, memory: C1Memory, journal: Journal, store
     for entry in journal.pending():
         if entry.get("kind") in MOVE_KINDS:
             where = read_position(microscope)
-            position: Any = where if where is not None else "unknown (the microscope does not answer)"
+            position: tuple[int, int] | str = (where if where is not None
+                                                else "unknown (the microscope does not answer)")
             journal.outcome(entry["op"], entry["kind"], ok=False, recovered=True, read_back=position)
             notes.append(f"a {entry['kind']} to {entry.get('target')} was in flight when the daemon "
                          f"stopped; the aperture now reads {position}")
@@ -65,18 +66,17 @@ def rebuild_ledger(journal: Journal, ledger: RateLedger, clock: Clock, wall_now:
     not reset the rate limit."""
     now_clock = clock.now()
     clock_per_wall_s = 1.0 / clock.wall_seconds(1.0)
-    origins: dict[int, Any] = {}
-    read: Any
+    origins: dict[int, Any] = {}  # each move intent's `origin`, as the journal holds it (JSON)
     for e in journal.tail(entries):
         if e.get("kind") not in MOVE_KINDS:
             continue
         if e.get("phase") == "intent":
             origins[e["seq"]] = e.get("origin")
         elif e.get("phase") == "done" and e.get("ok") and e.get("op") in origins:
-            origin, read = origins[e["op"]], e.get("read_back")
+            origin = origins[e["op"]]
             try:
                 when = datetime.fromisoformat(str(e["time"]).replace("Z", "+00:00")).timestamp()
-                length = math.dist(origin, read)
+                length = math.dist(origin, e["read_back"])
             except (TypeError, ValueError, KeyError):
                 continue
             age = wall_now - when

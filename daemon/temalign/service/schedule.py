@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from temalign.config.schema import ScheduleSettings
+
+if TYPE_CHECKING:
+    from temalign.record.result import CycleResult
 
 RATE_SMOOTHING = 0.3
 """Weight of the newest drift-rate sample (exponential average): the random walk makes single
@@ -77,15 +80,16 @@ class Plan:
     """"check" (the two-frame check first) or "full" (service.cycle.run_cycle's `look`)."""
 
 
-def observe(result: Any) -> Observation:
-    """The policy's view of a `service.cycle.CycleResult` (duck-typed, so this module stays pure)."""
+def observe(result: CycleResult) -> Observation:
+    """The policy's view of a `record.result.CycleResult` (imported for the type checker only, so this
+    module stays pure)."""
     before = result.before
     aligned = None
     m_before = None
     delta = None
     if before is not None and before.trusted and before.delta is not None:
         delta = before.delta
-    elif result.outcome == "checked" and getattr(result, "check", None) is not None:
+    elif result.outcome == "checked" and result.check is not None:
         delta = result.check.delta
     if delta is not None and result.position_before:
         dx, dy = delta

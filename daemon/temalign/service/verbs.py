@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from temalign.act.correct import read_position
 from temalign.decide.column import is_paused
@@ -16,16 +16,18 @@ from temalign.errors import TemalignError
 from temalign.estimate.calibration import save_calibration
 from temalign.protocol.errors import ProtocolError
 from temalign.record.journal import Journal
+from temalign.record.state import StateChanges
 from temalign.service.calibrate import calibrate as measure_calibration
+from temalign.values import JsonObject
 
 if TYPE_CHECKING:
     from temalign.service.daemon import Daemon
 
-Reply = dict[str, Any]
-Verb = Callable[["Daemon", dict[str, Any], "int | None"], "Reply | None"]
+Reply = JsonObject
+Verb = Callable[["Daemon", JsonObject, "int | None"], "Reply | None"]
 
 
-def handle(daemon: Daemon, verb: str, args: dict[str, Any], uid: int | None) -> Reply:
+def handle(daemon: Daemon, verb: str, args: JsonObject, uid: int | None) -> Reply:
     """A control request, audited with the peer's uid; raises ValueError to refuse it."""
     journal: Journal = daemon.journal
     journal.append("control", verb=verb, args=args, uid=uid)
@@ -39,7 +41,7 @@ def handle(daemon: Daemon, verb: str, args: dict[str, Any], uid: int | None) -> 
     return status(daemon, {}, uid)
 
 
-def status(daemon: Daemon, args: dict[str, Any], uid: int | None) -> Reply:
+def status(daemon: Daemon, args: JsonObject, uid: int | None) -> Reply:
     """Everything `temalign status` shows."""
     st = daemon.run_state()
     s = daemon.settings
@@ -64,7 +66,7 @@ def status(daemon: Daemon, args: dict[str, Any], uid: int | None) -> Reply:
     }
 
 
-def last_estimate(cycles: list[dict[str, Any]]) -> dict[str, Any] | None:
+def last_estimate(cycles: list[JsonObject]) -> JsonObject | None:
     """The newest cycle's estimate (each estimator's, the one used, |m|), or None. A cycle that
     stopped at the two-frame check has the classical estimator's alone."""
     for cycle in cycles:
@@ -80,7 +82,7 @@ def last_estimate(cycles: list[dict[str, Any]]) -> dict[str, Any] | None:
     return None
 
 
-def pause(daemon: Daemon, args: dict[str, Any], uid: int | None) -> None:
+def pause(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
     seconds = args.get("for_s")
     until = math.inf if seconds is None else daemon.wall() + float(seconds)
     reason = str(args.get("reason") or ("paused by a person" if seconds is None
@@ -88,35 +90,38 @@ def pause(daemon: Daemon, args: dict[str, Any], uid: int | None) -> None:
     daemon.store.update(paused_until=until, pause_reason=reason)
 
 
-def resume(daemon: Daemon, args: dict[str, Any], uid: int | None) -> None:
+def resume(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
     """The person who resumes accepts the column as it is now (after moving it by hand)."""
     where = read_position(daemon.microscope)
     try:
         c1: float | None = float(daemon.microscope.c1())
     except ProtocolError:
         c1 = None
-    daemon.store.update(paused_until=None, pause_reason=None,
-                        **({"last_position": where} if where else {}),
-                        **({"last_c1": c1} if c1 is not None else {}))
+    changes: StateChanges = {"paused_until": None, "pause_reason": None}
+    if where:
+        changes["last_position"] = where
+    if c1 is not None:
+        changes["last_c1"] = c1
+    daemon.store.update(**changes)
 
 
-def dry_run(daemon: Daemon, args: dict[str, Any], uid: int | None) -> None:
+def dry_run(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
     on = args.get("on")
     if not isinstance(on, bool):
         raise ValueError("dry-run needs on: true or false")
     daemon.store.update(mode="dry-run" if on else "live")
 
 
-def hold_clear(daemon: Daemon, args: dict[str, Any], uid: int | None) -> None:
+def hold_clear(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
     daemon.store.update(hold=None)
     daemon.parts.failure_count.success()
 
 
-def once(daemon: Daemon, args: dict[str, Any], uid: int | None) -> Reply:
+def once(daemon: Daemon, args: JsonObject, uid: int | None) -> Reply:
     return daemon.cycle(forced=True).to_json()
 
 
-def reference_set(daemon: Daemon, args: dict[str, Any], uid: int | None) -> None:
+def reference_set(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
     where = read_position(daemon.microscope)
     if where is None:
         raise ValueError("cannot read the aperture position from the microscope")
@@ -125,7 +130,7 @@ def reference_set(daemon: Daemon, args: dict[str, Any], uid: int | None) -> None
     daemon.journal.append("reference", position=where, set_by=who)
 
 
-def calibrate(daemon: Daemon, args: dict[str, Any], uid: int | None) -> Reply:
+def calibrate(daemon: Daemon, args: JsonObject, uid: int | None) -> Reply:
     """Measure and store the 2 x 2 calibration between cycles (never during one)."""
     step_units = float(args.get("step_units", 60.0))
     s = daemon.settings

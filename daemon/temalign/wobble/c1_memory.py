@@ -14,13 +14,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from temalign.decide.column import C1_TOLERANCE, same_c1
 from temalign.durable import atomic_write, fsync_dir
 from temalign.microscope import Microscope
 from temalign.protocol.errors import ProtocolError
-from temalign.values import finite
+from temalign.values import finite_float
 from temalign.wobble.errors import C1RestoreFailed, PendingRecord, WobbleError
 
 RECORD_NAME = "c1-wobble.json"
@@ -42,16 +41,18 @@ class C1Record:
     def from_json(cls, data: object) -> C1Record:
         if not isinstance(data, dict) or data.get("version") != RECORD_VERSION:
             raise ValueError(f"not a version-{RECORD_VERSION} C1 record")
-        before: Any = data.get("c1_before")
-        values: Any = data.get("values")
-        if not finite(before):
-            raise ValueError(f"c1_before is not a finite number: {before!r}")
-        if not isinstance(values, list) or not all(finite(v) for v in values):
+        before = finite_float(data.get("c1_before"))
+        if before is None:
+            raise ValueError(f"c1_before is not a finite number: {data.get('c1_before')!r}")
+        values = data.get("values")
+        numbers = [finite_float(v) for v in values] if isinstance(values, list) else [None]
+        kept = [v for v in numbers if v is not None]
+        if len(kept) != len(numbers):
             raise ValueError("values is not a list of finite numbers")
-        started: Any = data.get("started", 0.0)
-        pid: Any = data.get("pid", 0)
-        return cls(float(before), tuple(float(v) for v in values),
-                   float(started) if finite(started) else 0.0, pid if isinstance(pid, int) else 0)
+        started = finite_float(data.get("started", 0.0))
+        pid = data.get("pid", 0)
+        return cls(before, tuple(kept), 0.0 if started is None else started,
+                   pid if isinstance(pid, int) else 0)
 
 
 class CorruptRecord(ValueError):

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from temalign.errors import ConfigError, TemalignError
 
+if TYPE_CHECKING:
+    from temalign.cli import Subparsers
+    from temalign.config.schema import Settings
+    from temalign.frames import WobbleStack
 
-def register(subparsers: Any) -> None:
+
+def register(subparsers: Subparsers) -> None:
     """Add the `wobble` subcommand."""
     parser = subparsers.add_parser(
         "wobble",
@@ -54,7 +59,7 @@ def _reason(error: Exception) -> str:
     return str(error) or type(error).__name__
 
 
-def save_stack(path: Path, stack: Any) -> None:
+def save_stack(path: Path, stack: WobbleStack) -> None:
     """The stack as .npz: images (7, H, W) float32 and every piece of metadata as arrays."""
     import numpy as np
 
@@ -69,7 +74,7 @@ def save_stack(path: Path, stack: Any) -> None:
         raise TemalignError(f"cannot write {path}: {error.strerror or error}") from error
 
 
-def _settings(args: argparse.Namespace) -> Any:
+def _settings(args: argparse.Namespace) -> Settings:
     from temalign.config.loader import apply_overrides, default_config_path, load_config
 
     settings = load_config(args.config if args.config is not None else default_config_path())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -18,6 +18,11 @@ from temalign.clock import Clock, RealClock
 from temalign.frames import Frame, FrameKind
 from temalign.microscope import Microscope
 from temalign.wobble.errors import SourceError
+
+if TYPE_CHECKING:
+    import mss
+
+    from temalign.config.schema import SourceSettings
 
 
 @runtime_checkable
@@ -66,21 +71,22 @@ class ScreenRegion:
     height: int
 
     @classmethod
-    def of(cls, region: Any) -> ScreenRegion:
+    def of(cls, region: object) -> ScreenRegion:
         """From a ScreenRegion, a (left, top, width, height) sequence, a mapping or any object with
         those four attributes (the config's `source.screen.region`)."""
         if isinstance(region, ScreenRegion):
             return region
+        values: list[object]
         if isinstance(region, Mapping):
             values = [region.get(k) for k in ("left", "top", "width", "height")]
         elif isinstance(region, tuple | list):
             values = list(region)
         else:
             values = [getattr(region, k, None) for k in ("left", "top", "width", "height")]
-        if len(values) != 4 or not all(isinstance(v, int | np.integer) and not isinstance(v, bool)
-                                       for v in values):
+        ints = [int(v) for v in values if isinstance(v, int | np.integer) and not isinstance(v, bool)]
+        if len(values) != 4 or len(ints) != 4:
             raise SourceError(f"a screen region is four integers (left, top, width, height), got {region!r}")
-        left, top, width, height = (int(v) for v in values)
+        left, top, width, height = ints
         if width < 1 or height < 1:
             raise SourceError(f"a screen region needs a positive width and height, got {width} x {height}")
         return cls(left, top, width, height)
@@ -98,7 +104,8 @@ def bgra_to_grey(pixels: np.ndarray) -> np.ndarray:
     b = pixels[..., 0].astype(np.float32)
     g = pixels[..., 1].astype(np.float32)
     r = pixels[..., 2].astype(np.float32)
-    return np.float32(0.299) * r + np.float32(0.587) * g + np.float32(0.114) * b
+    grey: np.ndarray = np.float32(0.299) * r + np.float32(0.587) * g + np.float32(0.114) * b
+    return grey
 
 
 class ScreenSource:
@@ -112,7 +119,7 @@ class ScreenSource:
     name = "screen"
     kind: FrameKind = "display"
 
-    def __init__(self, region: Any, clock: Clock | None = None, display: str | None = None,
+    def __init__(self, region: object, clock: Clock | None = None, display: str | None = None,
                  latency_s: float = 0.5) -> None:
         if not latency_s >= 0:
             raise ValueError(f"latency_s must be >= 0, got {latency_s}")
@@ -120,12 +127,12 @@ class ScreenSource:
         self.clock = clock or RealClock()
         self.display = display
         self.latency_s = float(latency_s)
-        self._sct: Any = None
+        self._sct: mss.MSS | None = None
 
     def _display_name(self) -> str:
         return self.display or os.environ.get("DISPLAY") or "(DISPLAY is not set)"
 
-    def _open(self) -> Any:
+    def _open(self) -> mss.MSS:
         if self._sct is not None:
             return self._sct
         try:
@@ -184,7 +191,7 @@ class ScreenSource:
         self.close()
 
 
-def source_from_settings(source_settings: Any, microscope: Microscope, clock: Clock,
+def source_from_settings(source_settings: SourceSettings, microscope: Microscope, clock: Clock,
                          kind: str | None = None) -> CameraSource | ScreenSource:
     """The source the config's `source` section names (`kind` overrides `source.kind`)."""
     kind = kind or source_settings.kind
