@@ -182,13 +182,15 @@ def test_without_calibration_it_measures_only(make_twin: Any, connect: Any, tmp_
     assert served.truth()["aperture"] == before
 
 
-def test_paused_skips_and_once_runs_anyway(make_twin: Any, connect: Any, tmp_path: Path) -> None:
+def test_paused_skips_and_once_force_runs_anyway(make_twin: Any, connect: Any, tmp_path: Path) -> None:
     served = make_twin()
     offset(served, 90, 0)
     parts = make_parts(served, connect, tmp_path)
     parts.state.update(paused_until=math.inf, pause_reason="exposure")
     assert run_cycle(parts).outcome == "skipped"
-    assert run_cycle(parts, forced=True).outcome == "corrected"
+    once = run_cycle(parts, asked="once")
+    assert (once.outcome, once.reason) == ("skipped", "paused")
+    assert run_cycle(parts, asked="force").outcome == "corrected"
 
 
 def test_busy_file_blocks_even_once(make_twin: Any, connect: Any, tmp_path: Path) -> None:
@@ -196,7 +198,7 @@ def test_busy_file_blocks_even_once(make_twin: Any, connect: Any, tmp_path: Path
     busy = tmp_path / "busy"
     busy.touch()
     parts = make_parts(served, connect, tmp_path, safety={"busy_file": str(busy)})
-    result = run_cycle(parts, forced=True)
+    result = run_cycle(parts, asked="force")
     assert (result.outcome, result.reason) == ("skipped", "busy")
 
 

@@ -168,17 +168,21 @@ def test_rounding_at_the_edges_never_leaves_the_envelope(case: dict) -> None:
 def test_a_run_of_moves_never_exceeds_the_rate_limit_in_any_hour(
     config: SafetySettings, cycles: list[tuple[float, float, float]]
 ) -> None:
+    """Each correction followed by its rollback, as long as it can be (the move, plus the motor
+    tolerance on both axes): the hour's path never passes the limit (safety.md: "a correction is
+    made only if the move and the rollback that may follow both fit")."""
     ledger = RateLedger()
     position, t, history = (0, 0), 0.0, []
+    worst_extra = config.motor_tolerance_units * math.sqrt(2)
     for dt, ex, ey in cycles:
         t += dt
         decision = decide(position=position, estimate=(ex, ey), reference=(0, 0), session_start=(0, 0),
                           moved_last_hour=ledger.moved_since(t), settings=config)
         if decision.action == "move":
             length = math.hypot(*decision.step)
-            ledger.add(t, length)
-            history.append((t, length))
-            position = decision.target
+            for leg in (length, length + worst_extra):  # the move, then the rollback
+                ledger.add(t, leg)
+                history.append((t, leg))
             in_hour = math.fsum(x for s, x in history if s > t - 3600.0)
             assert in_hour <= config.rate_limit_units_per_hour + 1e-9
 
@@ -216,14 +220,14 @@ def test_refused_max_step() -> None:
 def test_scaled_rate_limit() -> None:
     decision = run(estimate=(100.0, 0.0), moved=950.0)
     assert (decision.action, decision.reason) == ("move", "scaled_rate_limit")
-    assert decision.target == (50, 0)
+    assert decision.target == (22, 0)  # (50 left - 3 sqrt 2 for the motor) / 2 = 22.9: its rollback fits
     assert decision.limits_hit == ("rate_limit",)
 
 
 def test_scaled_by_both_limits() -> None:
     decision = run(estimate=(0.0, -500.0), moved=800.0, config=safety(window_units=500.0,
                                                                         max_excursion_units=500.0))
-    assert (decision.action, decision.reason, decision.target) == ("move", "scaled_rate_limit", (0, -200))
+    assert (decision.action, decision.reason, decision.target) == ("move", "scaled_rate_limit", (0, -97))
     assert decision.limits_hit == ("max_step", "rate_limit")
 
 
@@ -234,7 +238,9 @@ def test_refused_rate_limit() -> None:
     assert (nearly_spent.action, nearly_spent.reason) == ("refuse", "refused_rate_limit")
     spent = run(estimate=(100.0, 0.0), moved=1500.0)
     assert (spent.action, spent.reason) == ("refuse", "refused_rate_limit")
-    fits = run(estimate=(10.0, 0.0), moved=990.0, config=safety(on_limit="refuse"))
+    no_room_to_go_back = run(estimate=(10.0, 0.0), moved=985.0, config=safety(on_limit="refuse"))
+    assert (no_room_to_go_back.action, no_room_to_go_back.reason) == ("refuse", "refused_rate_limit")
+    fits = run(estimate=(10.0, 0.0), moved=975.0, config=safety(on_limit="refuse"))
     assert (fits.action, fits.target) == ("move", (8, 0))
 
 
@@ -331,7 +337,7 @@ def test_rounding_never_pushes_past_the_excursion() -> None:
 def test_rounding_never_exceeds_max_step_or_rate() -> None:
     step = run(estimate=(10.0, 0.0), config=safety(max_step_units=7.6, deadband_units=1.0))
     assert step.target == (7, 0)
-    rate = run(estimate=(10.0, 0.0), moved=992.4)
+    rate = run(estimate=(10.0, 0.0), moved=1000.0 - (2 * 7.6 + BASE.motor_tolerance_units * math.sqrt(2)))
     assert rate.target == (7, 0)
 
 

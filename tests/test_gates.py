@@ -29,27 +29,32 @@ ESTIMATOR = EstimatorSettings(agreement_units=15.0, classical_max_residual_px=3.
 
 def gate(**overrides: object) -> column.Stop | None:
     args: dict = {"busy_file": None, "busy_file_exists": False, "hold": None, "paused_until": None,
-                  "pause_reason": None, "now_epoch": 1000.0, "forced": False, **overrides}
+                  "pause_reason": None, "now_epoch": 1000.0, "asked": "schedule", **overrides}
     return column.may_wobble(**args)
 
 
 def test_the_busy_file_blocks_every_wobble_even_a_forced_one() -> None:
     busy = Path("/run/exposure")
-    for forced in (False, True):
-        stop = gate(busy_file=busy, busy_file_exists=True, forced=forced)
+    for asked in column.ASKED:
+        stop = gate(busy_file=busy, busy_file_exists=True, asked=asked)
         assert stop is not None and stop.reason == column.BUSY and str(busy) in stop.detail
     assert gate(busy_file=busy, busy_file_exists=False) is None
 
 
-def test_hold_and_pause_block_all_but_a_forced_wobble() -> None:
+def test_a_pause_blocks_all_but_a_forced_wobble_and_a_hold_the_scheduled_ones() -> None:
     held = gate(hold="3 failures in a row")
     assert held is not None and held.reason == column.HOLD and "temalign hold clear" in held.detail
+    assert gate(hold="x", asked="once") is None, "a person's once measures in hold"
     paused = gate(paused_until=1000.5, pause_reason="exposure")
     assert paused == column.Stop(column.PAUSED, "exposure")
+    once = gate(paused_until=1000.5, pause_reason="exposure", asked="once")
+    assert once is not None and once.reason == column.PAUSED and "--force" in once.detail
     assert gate(paused_until=math.inf) is not None
     assert gate(paused_until=1000.0) is None, "a pause ends at its end time"
-    assert gate(hold="x", paused_until=math.inf, forced=True) is None
+    assert gate(hold="x", paused_until=math.inf, asked="force") is None
     assert gate() is None
+    with pytest.raises(ValueError, match="asked"):
+        gate(asked="forced")
 
 
 def test_hands_on_the_column() -> None:

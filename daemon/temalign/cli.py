@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, TypeAlias
@@ -58,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("temalign: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`temalign status | head -1`): as the shell's own tools, stop
+        # quietly; stdout goes to /dev/null so the interpreter's own flush at exit cannot fail too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -10,6 +10,14 @@ class TemalignError(Exception):
 
 
 class ConfigError(TemalignError):
-    """A configuration that cannot be used; nothing was connected or moved."""
+    """A configuration that cannot be used; nothing was connected or moved.
+
+    `summary` says which file and key without the values found there, for records that persons
+    other than the one who wrote the file read (the journal, the logs): a config symlinked to a
+    file that holds secrets must not end up quoted in them."""
 
     exit_status = 2
+
+    def __init__(self, message: str, *, summary: str | None = None) -> None:
+        super().__init__(message)
+        self.summary = summary if summary is not None else message

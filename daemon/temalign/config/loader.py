@@ -54,8 +54,19 @@ def load_config(path: str | Path) -> Settings:
 
 def parse_config(raw: bytes, source: str | Path) -> Settings:
     """Validate config bytes as if read from `source` (named in messages; its directory is the base
-    of relative paths). For a reload that must check a file before swapping settings, and for tests."""
+    of relative paths). For a reload that must check a file before swapping settings, and for tests.
+
+    The error's message quotes what it found in the file (for the person at the terminal); its
+    summary names the file only (for the journal and the logs)."""
     name = str(source)
+    try:
+        return _parse(raw, name, source)
+    except ConfigError as error:
+        raise ConfigError(str(error), summary=f"{name}: not a usable temalign config (its content is not "
+                          f"repeated here: `temalign config check {name}` says what is wrong)") from None
+
+
+def _parse(raw: bytes, name: str, source: str | Path) -> Settings:
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{name}: {len(raw)} bytes, larger than the {MAX_CONFIG_BYTES}-byte limit "
                           "for a config file")

@@ -251,7 +251,8 @@ class PathSettings(Section):
         return value
 
     def ensure_state_dir(self) -> Path:
-        """Create `state_dir` (owner and group only) if missing; ConfigError if that is impossible."""
+        """Create `state_dir` (owner and group only) if missing; ConfigError if that is impossible
+        or the daemon cannot write there (its journal, state and C1 record live there)."""
         from temalign.errors import ConfigError
 
         try:
@@ -259,7 +260,19 @@ class PathSettings(Section):
         except OSError as error:
             raise ConfigError(f"paths.state_dir: cannot create {self.state_dir}: "
                               f"{error.strerror or error}") from error
+        if not os.access(self.state_dir, os.W_OK | os.X_OK):
+            why = "Read-only file system" if _read_only(self.state_dir) else "permission denied"
+            raise ConfigError(f"paths.state_dir: {self.state_dir} cannot be written ({why}): the daemon "
+                              "keeps its journal, its state and the C1 record there")
         return self.state_dir
+
+
+def _read_only(path: Path) -> bool:
+    """Whether `path` lies on a file system mounted read-only."""
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 class LoggingSettings(Section):
@@ -395,7 +408,23 @@ class ControlSettings(Section):
         value = _resolve(value, info)
         if len(os.fsencode(value)) > 107:
             raise ValueError(f"{value}: longer than a Unix socket path may be (107 bytes)")
+        system = next((d for d in SYSTEM_DIRS if value.parent == Path(d) or (
+            d not in SHALLOW_SYSTEM_DIRS and value.parent.is_relative_to(d))), None)
+        if system is not None:
+            raise ValueError(f"{value}: in {system}, a system directory the daemon must not write; use a "
+                             "directory of its own such as /run/temalign/control.sock")
+        if (value.exists() or value.is_symlink()) and not stat.S_ISSOCK(os.lstat(value).st_mode):
+            raise ValueError(f"{value} exists and is not a socket: the daemon would refuse to start "
+                             "rather than replace it; name a path of its own")
         return value
+
+
+SYSTEM_DIRS = ("/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys",
+               "/usr", "/var", "/var/lib", "/var/log", "/var/run")
+"""Where no control socket goes: the system's own directories (and, but for the shallow ones,
+everything under them). /run/temalign (the unit's RuntimeDirectory) is the place."""
+SHALLOW_SYSTEM_DIRS = ("/", "/var", "/var/lib", "/var/log", "/var/run")
+"""System directories whose subdirectories may be a daemon's own (/var/lib/temalign)."""
 
 
 class JournalSettings(Section):

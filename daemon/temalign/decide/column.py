@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 C1_TOLERANCE = 1e-4
 """Relative difference under which two C1 values are the same setting: far below a wobble step
@@ -19,6 +20,12 @@ HOLD = "hold"
 PAUSED = "paused"
 C1_CHANGED = "c1_changed"
 APERTURE_MOVED = "aperture_moved"
+
+
+Asked = Literal["schedule", "once", "force"]
+ASKED: tuple[Asked, ...] = ("schedule", "once", "force")
+"""Who asked for a cycle: the scheduler, a person (`temalign once`), a person overriding a pause
+(`temalign once --force`)."""
 
 
 @dataclass(frozen=True)
@@ -42,17 +49,22 @@ def is_paused(paused_until: float | None, now_epoch: float) -> bool:
 
 def may_wobble(*, busy_file: Path | None, busy_file_exists: bool, hold: str | None,
                paused_until: float | None, pause_reason: str | None, now_epoch: float,
-               forced: bool) -> Stop | None:
-    """None when a wobble may start. The busy file blocks every wobble; a hold and a pause block
-    all but a forced one (`temalign once`: measuring only in hold, since a hold never moves)."""
+               asked: Asked) -> Stop | None:
+    """None when a wobble may start for a cycle `asked` by the schedule, by `temalign once` or by
+    `temalign once --force`. The busy file blocks every wobble. A pause (the interlock the
+    acquisition software sets before an exposure) blocks all but a forced one. A hold blocks the
+    schedule only: a person's `once` measures in hold, and a hold never moves."""
     if busy_file is not None and busy_file_exists:
         return Stop(BUSY, f"{busy_file} exists: an exposure is running")
-    if forced:
-        return None
-    if hold is not None:
+    if asked not in ASKED:
+        raise ValueError(f"asked must be one of {ASKED}, got {asked!r}")
+    if is_paused(paused_until, now_epoch) and asked != "force":
+        why = pause_reason or "paused"
+        if asked == "once":
+            why += " (temalign once --force runs a cycle anyway)"
+        return Stop(PAUSED, why)
+    if hold is not None and asked == "schedule":
         return Stop(HOLD, f"in hold: {hold} (temalign hold clear)")
-    if is_paused(paused_until, now_epoch):
-        return Stop(PAUSED, pause_reason or "paused")
     return None
 
 

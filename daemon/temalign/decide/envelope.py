@@ -5,9 +5,10 @@ journal.
 
 `decide` turns an estimate into one `Decision`. Its guarantee, for any inputs: a "move" targets an
 integer position inside the window, the excursion disc and the hardware limits, with a step at most
-`max_step` per axis and at most the rate limit left this hour, along the estimated direction (to
-within the rounding to whole motor units). Everything else is "none", "refuse" or "hold", with a
-stable reason code for the journal and the metrics."""
+`max_step` per axis and, with room for the rollback that may follow, within the rate limit left
+this hour, along the estimated direction (to within the rounding to whole motor units).
+Everything else is "none", "refuse" or "hold", with a stable reason code for the journal and the
+metrics."""
 
 from __future__ import annotations
 
@@ -114,6 +115,14 @@ def _step_violations(step: tuple[float, float], settings: SafetySettings, remain
     return broken
 
 
+def step_budget(left: float, settings: SafetySettings) -> float:
+    """How long a correction may be when `left` units of the hour's rate limit remain: the move
+    and the rollback that may follow must both fit. The rollback goes from the read-back to the
+    start, at most the motor tolerance (per axis) longer than the move; a read-back further off is
+    a motor fault, whose move back is the return to a known position and is made regardless."""
+    return (left - settings.motor_tolerance_units * math.sqrt(2.0)) / 2.0
+
+
 def _nearest(value: float) -> int:
     return math.floor(value + 0.5)
 
@@ -135,7 +144,8 @@ def decide(
     an unattended daemon can never wander further than the envelope from where a person left it.
 
     Order: a non-finite input refuses; |estimate| below the deadband is no move; gain applies;
-    max_step then the rate limit (`rate_limit - moved_last_hour` left) scale the whole vector or
+    max_step then the rate limit (a step and its rollback within the `rate_limit - moved_last_hour`
+    left: `step_budget`) scale the whole vector or
     refuse, as `on_limit` says (nothing is scaled to a budget of `MIN_RATE_REMAINING` or less);
     the target is then checked, never clipped, against the window (refuse), the excursion (hold:
     drift that large is news a person must see) and the hardware limits (refuse). The target is
@@ -197,21 +207,24 @@ def decide(
         reason = "scaled_max_step"
         notes.append(f"scaled by {factor:.4g} to max_step {settings.max_step_units:g}")
 
-    remaining = settings.rate_limit_units_per_hour - moved_last_hour
+    left = settings.rate_limit_units_per_hour - moved_last_hour
+    remaining = step_budget(left, settings)
     length = math.hypot(*step)
     if length > remaining:
         limits_hit.append("rate_limit")
         if not scale_mode or remaining <= MIN_RATE_REMAINING:
             return Decision("refuse", "refused_rate_limit",
-                            f"step {_fmt(step)} (length {length:.3f}) exceeds the "
-                            f"{max(remaining, 0.0):.3f} units left of "
+                            f"step {_fmt(step)} (length {length:.3f}) and the rollback that may follow "
+                            f"do not fit in the {max(left, 0.0):.3f} units left of "
                             f"{settings.rate_limit_units_per_hour:g} per hour "
-                            f"({moved_last_hour:.3f} moved in the last hour)",
+                            f"({moved_last_hour:.3f} moved in the last hour; a step may take "
+                            f"{max(remaining, 0.0):.3f})",
                             None, _ZERO, requested, tuple(limits_hit))
         factor = remaining / length
         step = (step[0] * factor, step[1] * factor)
         reason = "scaled_rate_limit"
-        notes.append(f"scaled by {factor:.4g} to the {remaining:.3f} units left this hour")
+        notes.append(f"scaled by {factor:.4g} to {remaining:.3f}, which leaves room for its rollback in "
+                     f"the {left:.3f} units left this hour")
 
     exact = (position[0] + step[0], position[1] + step[1])
     broken = _violations(exact, centre, settings, hardware)

@@ -61,7 +61,9 @@ def _number(name: str, value: object, *, positive: bool = False) -> float:
 class Calibration:
     """slope = M @ (a - a*): M maps motor units of misalignment to the spot's walk, FOV per unit rho
     (rho_k = c_k / c0 - 1). Valid around C1 = `c1`; `wobble_fraction` is the wobble it was measured
-    with; `residual_fov` the worst straight-line residual of the measuring wobbles."""
+    with; `residual_fov` the worst straight-line residual of the measuring wobbles; `settle_s` the
+    lens settle time of those wobbles (None: not recorded, as in files before 0.2 and the nominal
+    calibration), since a walk measured before the lens settled is a shorter walk."""
 
     matrix: Matrix
     wobble_fraction: float
@@ -69,6 +71,7 @@ class Calibration:
     measured_at: str
     source: str
     residual_fov: float = 0.0
+    settle_s: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "matrix", _check_matrix(self.matrix))
@@ -79,6 +82,17 @@ class Calibration:
             raise ValueError(f"calibration measured_at: expected an ISO time, got {self.measured_at!r}")
         if self.source not in SOURCES:
             raise ValueError(f"calibration source: expected one of {SOURCES}, got {self.source!r}")
+        if self.settle_s is not None:
+            object.__setattr__(self, "settle_s", _number("settle_s", self.settle_s))
+
+    def unfit_for(self, settle_s: float) -> str | None:
+        """Why this calibration must not serve wobbles that settle `settle_s` (None: it may): the
+        walk it measured depends on how far the lens had settled at each frame."""
+        if self.settle_s is None or math.isclose(self.settle_s, settle_s, rel_tol=1e-9, abs_tol=1e-9):
+            return None
+        return (f"the calibration was measured with wobble.settle_s {self.settle_s:g} s, the config now "
+                f"says {settle_s:g} s: its walks do not hold for these wobbles; calibrate again "
+                "(temalign calibrate)")
 
     @property
     def array(self) -> np.ndarray:
@@ -87,7 +101,7 @@ class Calibration:
     def to_json(self) -> JsonObject:
         return {"matrix": [list(row) for row in self.matrix], "wobble_fraction": self.wobble_fraction,
                 "c1": self.c1, "measured_at": self.measured_at, "source": self.source,
-                "residual_fov": self.residual_fov}
+                "residual_fov": self.residual_fov, "settle_s": self.settle_s}
 
     @classmethod
     def from_json(cls, data: object) -> Calibration:
@@ -98,7 +112,7 @@ class Calibration:
         if missing:
             raise ValueError(f"calibration: missing field(s) {', '.join(missing)}")
         unknown = sorted(set(data) - {"matrix", "wobble_fraction", "c1", "measured_at", "source",
-                                      "residual_fov"})
+                                      "residual_fov", "settle_s"})
         if unknown:
             raise ValueError(f"calibration: unknown field(s) {', '.join(unknown)}")
         matrix = data["matrix"]
@@ -110,7 +124,8 @@ class Calibration:
                 _number("matrix", v)
         return cls(matrix=(tuple(matrix[0]), tuple(matrix[1])),
                    wobble_fraction=data["wobble_fraction"], c1=data["c1"], measured_at=data["measured_at"],
-                   source=data["source"], residual_fov=data.get("residual_fov", 0.0))
+                   source=data["source"], residual_fov=data.get("residual_fov", 0.0),
+                   settle_s=data.get("settle_s"))
 
 
 def save_calibration(state_dir: str | Path, calibration: Calibration) -> Path:

@@ -23,6 +23,8 @@ from temalign.values import JsonObject
 
 APERTURE = "condenser"
 LENS = "C1"
+LENS_READ_SLACK = 1e-6
+"""A lens read-back may round past its limit by this fraction of the range's size."""
 
 
 def _address(address: str | tuple[str, int]) -> tuple[str, int]:
@@ -129,7 +131,7 @@ class TcpMicroscope:
         return Position(reply.x, reply.y)
 
     def c1(self) -> float:
-        return self._call("lens.get", {"name": LENS}, messages.LensResult).value
+        return self._lens_value("lens.get", self._call("lens.get", {"name": LENS}, messages.LensResult).value)
 
     def set_c1(self, value: float) -> float:
         """Set C1; returns the value the server reports (a lens that did not take it shows on lens.get)."""
@@ -138,7 +140,19 @@ class TcpMicroscope:
             raise InvalidParams(f"lens.set: value must be a finite number, got {value!r}; not sent")
         value = float(value)
         _inside("lens.set", "value", value, self.limits.c1)
-        return self._call("lens.set", {"name": LENS, "value": value}, messages.LensResult).value
+        reply = self._call("lens.set", {"name": LENS, "value": value}, messages.LensResult).value
+        return self._lens_value("lens.set", reply)
+
+    def _lens_value(self, method: str, value: float) -> float:
+        """A lens value in a reply, checked against the limits the server announced: a reading it
+        could never have been set to is a broken reply (the connection is dropped), never a C1 the
+        daemon would go on from."""
+        lo, hi = self.limits.c1
+        slack = LENS_READ_SLACK * max(abs(lo), abs(hi), 1.0)
+        if not lo - slack <= value <= hi + slack:
+            self.client.disconnect()
+            raise MalformedReply(f"{method}: C1 reads {value!r}, outside the server's limits [{lo}, {hi}]")
+        return value
 
     def acquire(self, exposure_s: float | None = None) -> np.ndarray:
         """One frame as a 2-D uint16 array of shape (height, width)."""

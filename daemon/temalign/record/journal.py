@@ -50,6 +50,10 @@ TORN_NAME = "journal.torn"
 FILE_MODE = 0o640
 ROTATED_KIND = "journal.rotated"
 REPAIRED_KIND = "journal.repaired"
+DROPPED_KIND = "journal.dropped"
+BACKLOG_MAX = 1000
+"""Entries kept in memory while the disk refuses them; beyond, the oldest go (and a
+journal.dropped entry says how many)."""
 RESERVED = frozenset({"seq", "time", "t", "kind", "phase", "op"})
 _ROTATED = re.compile(r"^journal\.(\d+)\.jsonl$")
 
@@ -85,6 +89,12 @@ LEGACY_REASONS = {code.replace("_", "-"): code for code in (
 today's codes in any journal (record/result.py: one convention for outcomes and reasons)."""
 
 
+_LEGACY_CODE = re.compile(rb'"reason": ?"(?:' + b"|".join(re.escape(code.encode()) for code in LEGACY_REASONS)
+                          + rb')"')
+"""A line that holds a legacy code at all (most do not: they are rewritten only then, so that
+reading a 16 MB journal at start stays a parse, not a walk of every entry)."""
+
+
 def _current_codes(value: Any) -> Any:
     """`value` with every legacy reason code (a "reason" field, at any depth) in today's form."""
     if isinstance(value, dict):
@@ -110,7 +120,7 @@ def _decode(line: bytes) -> tuple[JsonObject | None, str]:
     seq = entry.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(entry.get("kind"), str):
         return None, "no integer seq or no kind"
-    return _current_codes(entry), ""
+    return (_current_codes(entry) if _LEGACY_CODE.search(line) else entry), ""
 
 
 def _parse(data: bytes, path: Path, *, torn_tail: bool) -> tuple[list[JsonObject], int]:
@@ -210,6 +220,8 @@ class Journal:
         self._first_seq: int | None = None
         self._header = 0
         self._pending: dict[int, JsonObject] = {}
+        self._backlog: list[tuple[str, JsonObject, JsonObject]] = []
+        self._dropped = 0
         self.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         self._lock_fd: int | None = self._take_lock()
         try:
@@ -321,13 +333,47 @@ class Journal:
         body = {key: jsonable(value, f"journal field {key}") for key, value in fields.items()}
         with self._lock:
             self._usable()
+            try:
+                self._flush_backlog()
+                return self._append(kind, head, body)
+            except JournalError:
+                if head.get("phase") != "intent":
+                    self._keep(kind, head, body)
+                raise
+
+    def _append(self, kind: str, head: JsonObject, body: JsonObject) -> JsonObject:
+        entry = self._entry(self._seq + 1, kind, head, body)
+        line = _encode(entry)
+        if self._size > self._header and self._size + len(line) > self.max_bytes + self._header:
+            self._rotate()
             entry = self._entry(self._seq + 1, kind, head, body)
             line = _encode(entry)
-            if self._size > self._header and self._size + len(line) > self.max_bytes + self._header:
-                self._rotate()
-                entry = self._entry(self._seq + 1, kind, head, body)
-                line = _encode(entry)
-            return self._commit(entry, line)
+        return self._commit(entry, line)
+
+    def _keep(self, kind: str, head: JsonObject, body: JsonObject) -> None:
+        """An entry that could not be written (a full disk): kept in memory, in order, and written
+        before anything else once the disk takes it again, with the time it happened. An intent is
+        never kept: what it announces is not done."""
+        if len(self._backlog) >= BACKLOG_MAX:
+            self._backlog.pop(0)
+            self._dropped += 1
+        self._backlog.append((kind, head, {**body, "delayed_from": _utc_now()}))
+
+    def _flush_backlog(self) -> None:
+        while self._backlog:
+            kind, head, body = self._backlog[0]
+            self._append(kind, head, body)
+            self._backlog.pop(0)
+        if self._dropped:
+            self._append(DROPPED_KIND, {}, {"entries": self._dropped,
+                                            "why": "the disk refused them and the backlog was full"})
+            self._dropped = 0
+
+    @property
+    def backlog(self) -> int:
+        """Entries kept in memory because the disk refused them (written at the next append)."""
+        with self._lock:
+            return len(self._backlog)
 
     def _entry(self, seq: int, kind: str, head: JsonObject, body: JsonObject) -> JsonObject:
         entry: JsonObject = {"seq": seq, "time": _utc_now()}

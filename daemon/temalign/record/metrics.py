@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import math
 import re
+import socket
 import threading
 import time
 from collections.abc import Mapping
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -26,10 +27,11 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
     generate_latest,
-    start_http_server,
+    make_wsgi_app,
 )
 
 from temalign.errors import TemalignError
+from temalign.listeners import BoundedThreads, Serving
 from temalign.record.result import MICROSCOPE_UNREACHABLE, OUTCOMES, CycleResult
 from temalign.values import finite
 
@@ -47,6 +49,17 @@ INFERENCE_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 
 """One estimate on a 7-frame stack: sub-millisecond for the classical one, up to ~1 s for a model."""
 
 NAMESPACE = "temalign"
+MAX_SCRAPERS = 8
+"""Connections served at once: Prometheus scrapes with one, a person's curl with another."""
+SCRAPE_TIMEOUT_S = 10.0
+"""How long a client may take to send its request before the connection is closed."""
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log line per scrape (a line every 15 s for years says nothing)."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
 
 
 class MetricsError(TemalignError):
@@ -63,8 +76,8 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: Serving | None = None
+        self._address: tuple[str, int] | None = None
         self._lock = threading.Lock()
         r = self.registry
         ProcessCollector(registry=r)
@@ -162,32 +175,44 @@ class Metrics:
     @property
     def address(self) -> tuple[str, int] | None:
         """Host and port the endpoint listens on (port 0 at `serve` picks a free one), or None."""
-        if self._server is None:
-            return None
-        host, port = self._server.server_address[:2]
-        return str(host), int(port)
+        return self._address if self._serving is not None else None
 
-    def serve(self, host: str, port: int) -> None:
-        """Start the HTTP endpoint for this registry in a daemon thread; MetricsError if it cannot bind."""
-        if self._server is not None:
+    def serve(self, host: str, port: int, *, max_connections: int = MAX_SCRAPERS,
+              request_timeout_s: float = SCRAPE_TIMEOUT_S) -> None:
+        """Serve this registry over HTTP from a daemon thread: at most `max_connections` at once,
+        each with `request_timeout_s` to send its request (temalign.listeners); MetricsError if the
+        port cannot be bound."""
+        if self._serving is not None:
             raise MetricsError(f"metrics endpoint already serving on {self.address}")
+
+        class Server(BoundedThreads, WSGIServer):
+            pass
+
+        class Handler(_QuietHandler):
+            timeout = request_timeout_s
+
+        Server.max_connections = max_connections
+        Server.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+            server = make_server(host, port, make_wsgi_app(self.registry), Server, handler_class=Handler)
         except OSError as error:
             raise MetricsError(
                 f"cannot serve metrics on {host}:{port}: {error.strerror or error} "
                 "(another process holds the port? change metrics.port or set metrics.enabled: false)"
             ) from error
+        bound = server.socket.getsockname()
+        self._address = (str(bound[0]), int(bound[1]))
+        self._serving = Serving(server, "metrics")
+
+    def alive(self) -> bool:
+        """Whether the endpoint is served (the watchdog's question; False when not serving)."""
+        return self._serving is not None and self._serving.alive()
 
     def shutdown(self) -> None:
         """Stop the endpoint and free its port; harmless when not serving."""
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5.0)
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            serving.stop()
 
     def observe(self, result: CycleResult, *, reference: tuple[int, int] | None,
                 timestamp: float | None = None) -> None:

@@ -136,15 +136,31 @@ class StateChanges(TypedDict, total=False):
     last_c1: float | None
 
 
+class StateWriteError(StateError):
+    """The state could not be written (a full disk): the new state is kept in memory, every later
+    load and update of this store sees it, and it is written with the first write that succeeds."""
+
+
 class StateStore:
     """`state.json` in `state_dir`: atomic, fsynced writes; `update` is a locked
-    load-modify-save, safe between threads and processes."""
+    load-modify-save, safe between threads and processes.
+
+    A write that fails (a full or failing disk) raises StateWriteError and keeps the new state in
+    memory: this process goes on from what it did (the daemon's own last move is not lost, so the
+    next cycle does not take it for a person's), and the state reaches the disk at the next write
+    that succeeds, tried at every load and update."""
 
     def __init__(self, state_dir: Path) -> None:
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / STATE_NAME
         self._default_mode: Mode | None = None
         self._lock = threading.Lock()
+        self._unsaved: tuple[RunState, bool] | None = None
+
+    @property
+    def unsaved(self) -> bool:
+        """Whether the state in memory has not reached the disk yet."""
+        return self._unsaved is not None
 
     def load(self, default_mode: Mode) -> RunState:
         """The saved state; with no file, the first start's: `default_mode` (the config's), not
@@ -152,8 +168,19 @@ class StateStore:
         if default_mode not in MODES:
             raise ValueError(f"default mode must be one of {', '.join(MODES)}, got {default_mode!r}")
         self._default_mode = default_mode
+        if self._unsaved is not None:
+            with self._lock, contextlib.suppress(StateWriteError):
+                self._flush()
+            if self._unsaved is not None:
+                return self._unsaved[0]
         found = self._read(default_mode)
         return RunState(mode=default_mode) if found is None else found[0]
+
+    def _flush(self) -> None:
+        """Write the state kept in memory, if any (under the lock); StateWriteError if it fails."""
+        if self._unsaved is not None:
+            state, mode_set = self._unsaved
+            self._write(state, mode_set=mode_set)
 
     def _read(self, default_mode: Mode) -> tuple[RunState, bool] | None:
         """The saved state and whether its mode was set at run time; None if there is no file."""
@@ -182,8 +209,20 @@ class StateStore:
     def save(self, state: RunState) -> None:
         """Write `state`, its mode as set at run time, atomically and durably (a kill leaves the old
         file or the new one)."""
-        with self._lock, self._file_lock():
-            self._save(state, mode_set=True)
+        with self._lock:
+            self._write(state, mode_set=True)
+
+    def _write(self, state: RunState, *, mode_set: bool) -> None:
+        """Save under the file lock; a failure keeps `state` in memory (StateWriteError)."""
+        try:
+            with self._file_lock():
+                self._save(state, mode_set=mode_set)
+        except OSError as error:
+            self._unsaved = (state, mode_set)
+            why = error.strerror or str(error)
+            raise StateWriteError(f"the state file {self.path} cannot be written ({why}); the daemon goes "
+                                  "on from the state in memory and writes it as soon as it can") from error
+        self._unsaved = None
 
     def _save(self, state: RunState, *, mode_set: bool) -> None:
         self.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -200,13 +239,16 @@ class StateStore:
         state returned fills an unset mode with the last `load`'s default, or "dry-run" (the mode
         that never moves) if this store was never loaded."""
         default: Mode = self._default_mode or "dry-run"
-        with self._lock, self._file_lock():
-            found = self._read(default)
+        with self._lock:
+            found = self._unsaved
+            if found is None:
+                with self._file_lock():
+                    found = self._read(default)
             current, mode_set = found if found is not None else (RunState(mode=default), False)
             new = dataclasses.replace(current, **changes)
             now_set = mode_set or "mode" in changes
-            if found is None or new != current or now_set != mode_set:
-                self._save(new, mode_set=now_set)
+            if found is None or new != current or now_set != mode_set or self._unsaved is not None:
+                self._write(new, mode_set=now_set)
             return new
 
     @contextlib.contextmanager

@@ -137,7 +137,8 @@ def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: W
     try:
         calibration = Calibration(matrix=matrix.tolist(), wobble_fraction=wobble_settings.fraction,
                                   c1=c0, measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                                  source="measured", residual_fov=max(w.residual_fov for w in walks))
+                                  source="measured", residual_fov=max(w.residual_fov for w in walks),
+                                  settle_s=wobble_settings.settle_s)
     except ValueError as error:
         raise CalibrationError(f"refused: {error}") from error
     scale = math.sqrt(abs(np.linalg.det(matrix)))

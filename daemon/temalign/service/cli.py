@@ -60,10 +60,15 @@ def register(subparsers: Subparsers) -> None:
     _config_arg(p)
     p.set_defaults(handler=lambda a: _verb(a, "resume"))
 
-    p = subparsers.add_parser("once", help="run one cycle now (even when paused) and print its outcome")
+    p = subparsers.add_parser("once", help="run one cycle now and print its outcome (exit 1 if it failed)",
+                              description="Run one cycle now, in hold too (measuring only: a hold never "
+                                          "moves). A pause blocks it, as it blocks every wobble, unless "
+                                          "--force; nothing runs while the busy file exists. Exit status "
+                                          "1 when the cycle ended in an error or in hold.")
     _config_arg(p)
     _json_arg(p)
-    p.set_defaults(handler=lambda a: _verb(a, "once"))
+    p.add_argument("--force", action="store_true", help="run even while paused (never during the busy file)")
+    p.set_defaults(handler=lambda a: _verb(a, "once", {"force": a.force}))
 
     p = subparsers.add_parser("dry-run", help="measure and report only (on), or move again (off)")
     _config_arg(p)
@@ -98,6 +103,10 @@ def register(subparsers: Subparsers) -> None:
     p.set_defaults(handler=history)
 
 
+FAILED_OUTCOMES = ("error", "hold")
+"""The outcomes of a `temalign once` that exits 1: the cycle could not do its job."""
+
+
 def _settings(args: argparse.Namespace) -> Settings:
     from temalign.config.loader import apply_overrides, default_config_path, load_config
 
@@ -116,6 +125,8 @@ def _verb(args: argparse.Namespace, verb: str, extra: JsonObject | None = None) 
         print(describe_cycle(result))
     else:
         print(describe_status(result))
+    if verb == "once" and result.get("outcome") in FAILED_OUTCOMES:
+        return 1
     return 0
 
 
@@ -224,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         daemon.install_signal_handlers()
         daemon.start()
-        return daemon.run_forever(reload=lambda: _settings(args))
+        return daemon.run_forever(lambda: _settings(args))
     finally:
         daemon.stop()
         microscope.close()

@@ -7,20 +7,26 @@ line each way: `{"verb": "pause", "args": {...}}` -> `{"ok": true, "result": {..
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import grp
 import json
+import logging
 import os
 import socket
+import socketserver
 import stat
 import struct
-import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from temalign.errors import TemalignError
+from temalign.listeners import DEFAULT_MAX_CONNECTIONS, BoundedThreads, Serving
 from temalign.values import JsonObject, jsonable
 
+log = logging.getLogger("temalign.control")
 MAX_REQUEST_BYTES = 64 * 1024
+REQUEST_TIMEOUT_S = 30.0
+"""How long a client may take to send its request line (the reply may take a cycle)."""
 Handler = Callable[[str, JsonObject, int | None], JsonObject]
 """(verb, args, peer uid) -> result; raises TemalignError or ValueError for a refused request."""
 
@@ -39,98 +45,164 @@ def peer_uid(conn: socket.socket) -> int | None:
     return int(uid)
 
 
-class ControlServer:
-    """Serves `handler` on a Unix socket at `path` in a background thread per connection."""
+class ControlSocketError(ControlError):
+    """The control socket cannot be taken at start (its path holds something else, or another
+    daemon has it): a start-up error that leaves the path as it was; exit status 2, so systemd
+    does not restart into the same refusal."""
 
-    def __init__(self, path: Path, handler: Handler, group: str | None = None) -> None:
+    exit_status = 2
+
+
+class _UnixServer(BoundedThreads, socketserver.UnixStreamServer):
+    control: ControlServer
+    request_queue_size = 16
+
+
+class _Connection(socketserver.BaseRequestHandler):
+    server: _UnixServer
+
+    def handle(self) -> None:
+        self.server.control.serve(self.request)
+
+
+class ControlServer:
+    """Serves `handler` on a Unix socket at `path`: a thread per connection, at most
+    `max_connections` at once, `request_timeout_s` to send a request (service.listeners).
+
+    The path is the daemon's only while it holds `<path>.lock` (flock), so two daemons never both
+    take it; at start a stale socket (a daemon killed with SIGKILL left it) is replaced, anything
+    else there is a ControlSocketError that leaves it untouched; at close the socket is removed
+    only if it is still the one this run bound."""
+
+    def __init__(self, path: Path, handler: Handler, group: str | None = None, *,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.path = Path(path)
         self.handler = handler
         self.group = group
-        self._sock: socket.socket | None = None
-        self._thread: threading.Thread | None = None
-        self._closing = threading.Event()
+        self.max_connections = max_connections
+        self.request_timeout_s = request_timeout_s
+        self._serving: Serving | None = None
+        self._lock_fd: int | None = None
+        self._bound: tuple[int, int] | None = None
+
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".lock")
 
     def start(self) -> None:
-        """Bind (replacing a stale socket file, never another live daemon's), chmod 0660, listen."""
-        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-        if self.path.exists() or self.path.is_symlink():
-            if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
-                raise ControlError(f"{self.path} exists and is not a socket; not replacing it")
-            if _answers(self.path):
-                raise ControlError(f"another temalign daemon is listening on {self.path}")
-            self.path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        """Take the lock, then the path (replacing a stale socket, nothing else), chmod 0660, serve."""
+        try:
+            self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+            self._lock_fd = self._take_lock()
+            self._clear_the_way()
+            self._serve_socket()
+        except BaseException:
+            self.close()
+            raise
+
+    def _take_lock(self) -> int:
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as error:
+            raise ControlSocketError(f"control.socket {self.path}: cannot create its lock {self.lock_path} "
+                                     f"({error.strerror or error})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ControlSocketError(f"another temalign daemon is listening on {self.path} (it holds "
+                                     f"{self.lock_path})") from None
+        return fd
+
+    def _clear_the_way(self) -> None:
+        if not (self.path.exists() or self.path.is_symlink()):
+            return
+        if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+            raise ControlSocketError(f"control.socket {self.path} exists and is not a socket; not replacing "
+                                     "it (set control.socket to a path of its own)")
+        if _answers(self.path):
+            raise ControlSocketError(f"another temalign daemon is listening on {self.path}")
+        self.path.unlink()  # a stale socket: its daemon is gone, and we hold the lock
+
+    def _serve_socket(self) -> None:
+        server = _UnixServer(str(self.path), _Connection, bind_and_activate=False)
+        server.control = self
+        server.max_connections = self.max_connections
         old = os.umask(0o117)
         try:
-            sock.bind(str(self.path))
+            server.server_bind()
         except OSError as error:
-            sock.close()
-            raise ControlError(f"cannot create the control socket {self.path}: {error.strerror}") from None
+            server.server_close()
+            raise ControlSocketError(f"cannot create the control socket {self.path}: "
+                                     f"{error.strerror}") from None
         finally:
             os.umask(old)
+        info = os.lstat(self.path)
+        self._bound = (info.st_dev, info.st_ino)
         os.chmod(self.path, 0o660)
         if self.group:
             try:
                 os.chown(self.path, -1, grp.getgrnam(self.group).gr_gid)
             except (KeyError, OSError) as error:
-                sock.close()
-                raise ControlError(f"control.group {self.group!r}: cannot give the socket to it "
-                                   f"({error})") from None
-        sock.listen(8)
-        sock.settimeout(0.5)
-        self._sock = sock
-        self._thread = threading.Thread(target=self._accept, name="control", daemon=True)
-        self._thread.start()
+                server.server_close()
+                raise ControlSocketError(f"control.group {self.group!r}: cannot give the socket to it "
+                                         f"({error})") from None
+        server.server_activate()
+        self._serving = Serving(server, "control")
 
-    def _accept(self) -> None:
-        assert self._sock is not None
-        while not self._closing.is_set():
-            try:
-                conn, _ = self._sock.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), name="control-conn", daemon=True).start()
+    def alive(self) -> bool:
+        """Whether the socket is served (the watchdog's question)."""
+        return self._serving is not None and self._serving.alive()
 
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(30.0)
-            uid = peer_uid(conn)
-            try:
-                line = _read_line(conn)
-            except (OSError, ValueError) as error:
-                _send(conn, {"ok": False, "error": f"bad request: {error}"})
-                return
-            if not line:
-                return  # a probe (is_running) that connected and closed
-            try:
-                request = json.loads(line)
-                if not isinstance(request, dict) or not isinstance(request.get("verb"), str):
-                    raise ValueError('expected {"verb": NAME, "args": {...}}')
-                args = request.get("args") or {}
-                if not isinstance(args, dict):
-                    raise ValueError("args must be an object")
-            except ValueError as error:
-                _send(conn, {"ok": False, "error": f"bad request: {error}"})
-                return
-            conn.settimeout(None)  # `once` and `calibrate` take as long as a cycle
-            try:
-                reply = {"ok": True, "result": self.handler(request["verb"], args, uid)}
-            except (TemalignError, ValueError) as error:
-                reply = {"ok": False, "error": str(error)}
-            except Exception as error:  # the daemon stays up; the CLI gets the reason
-                reply = {"ok": False, "error": f"internal error: {type(error).__name__}: {error}"}
-            _send(conn, reply)
+    def serve(self, conn: socket.socket) -> None:
+        """One connection: one request, one reply."""
+        conn.settimeout(self.request_timeout_s)
+        uid = peer_uid(conn)
+        try:
+            line = _read_line(conn)
+        except (OSError, ValueError) as error:
+            _send(conn, {"ok": False, "error": f"bad request: {error}"})
+            return
+        if not line:
+            return  # a probe (is_running) that connected and closed
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict) or not isinstance(request.get("verb"), str):
+                raise ValueError('expected {"verb": NAME, "args": {...}}')
+            args = request.get("args") or {}
+            if not isinstance(args, dict):
+                raise ValueError("args must be an object")
+        except RecursionError:
+            _send(conn, {"ok": False, "error": "bad request: nested too deeply"})
+            return
+        except ValueError as error:
+            _send(conn, {"ok": False, "error": f"bad request: {error}"})
+            return
+        conn.settimeout(None)  # `once` and `calibrate` take as long as a cycle
+        try:
+            reply = {"ok": True, "result": self.handler(request["verb"], args, uid)}
+        except (TemalignError, ValueError) as error:
+            reply = {"ok": False, "error": str(error)}
+        except Exception as error:  # the daemon stays up; the CLI gets the reason
+            log.exception("control request %r failed", request["verb"])
+            reply = {"ok": False, "error": f"internal error: {type(error).__name__}: {error}"}
+        _send(conn, reply)
 
     def close(self) -> None:
-        self._closing.set()
-        if self._sock is not None:
-            self._sock.close()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        """Stop serving, remove the socket if it is still the one this run bound, free the lock."""
+        if self._serving is not None:
+            self._serving.stop()
+            self._serving = None
+        if self._bound is not None:
+            with contextlib.suppress(OSError):
+                info = os.lstat(self.path)
+                if (info.st_dev, info.st_ino) == self._bound:
+                    self.path.unlink()
+            self._bound = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
 
 def _read_line(conn: socket.socket) -> str:
@@ -184,6 +256,9 @@ def request(path: Path, verb: str, args: JsonObject | None = None, timeout_s: fl
             raise ControlError(f"the daemon did not answer {verb!r} within {timeout_s:.0f} s") from None
         except (OSError, ValueError) as error:
             raise ControlError(f"the connection to the daemon failed: {error}") from None
+    if not line:
+        raise ControlError(f"the daemon went away before it answered {verb!r} (it stopped or was "
+                           "restarted: systemctl status temalign)")
     try:
         reply = json.loads(line)
     except ValueError:

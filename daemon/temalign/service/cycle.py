@@ -16,13 +16,14 @@ person clears)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypedDict
 
-from temalign.act.correct import C1_RESTORE_FAILED, CORRECTED, Acted, Mover, correct
+from temalign.act.correct import C1_RESTORE_FAILED, CORRECTED, Acted, Mover, correct, read_position
 from temalign.clock import Clock
 from temalign.config.schema import Settings
 from temalign.decide import column
@@ -34,12 +35,19 @@ from temalign.estimate.spots import measure_stack
 from temalign.frames import WobbleStack
 from temalign.microscope import Microscope
 from temalign.protocol.errors import ProtocolError
-from temalign.record.journal import Journal
+from temalign.record.journal import Journal, JournalError
 from temalign.record.result import MICROSCOPE_UNREACHABLE, CycleResult
-from temalign.record.state import RunState, StateChanges, StateStore
+from temalign.record.state import RunState, StateChanges, StateStore, StateWriteError
 from temalign.values import rounded_pair
 from temalign.wobble.c1_memory import C1Memory
-from temalign.wobble.errors import C1RestoreFailed, LensDidNotTake, SourceError, WobbleError
+from temalign.wobble.errors import (
+    C1RecordUnwritable,
+    C1RestoreFailed,
+    LensDidNotTake,
+    SourceError,
+    WobbleError,
+    with_notes,
+)
 from temalign.wobble.sources import ImageSource
 from temalign.wobble.stack import wobble
 
@@ -55,6 +63,7 @@ LOOKS = ("full", "check")
 CHECKED = "check"
 WOBBLE_FAILED = "wobble"
 LENS_DID_NOT_TAKE = "lens_did_not_take"
+STATE_UNWRITABLE = "state_unwritable"
 UNTRUSTED_OUTCOMES = {"doubtful_stack": "refused_doubtful_stack", "no_calibration": "dry_run"}
 """The outcome of a cycle whose estimate is not trusted, by the measurement's reason (anything
 else is refused_low_confidence)."""
@@ -109,12 +118,12 @@ class CycleFields(TypedDict, total=False):
 class _Cycle:
     """The steps of one cycle over shared parts; `run()` returns its CycleResult."""
 
-    def __init__(self, parts: Parts, forced: bool, look: str) -> None:
+    def __init__(self, parts: Parts, asked: column.Asked, look: str) -> None:
         if look not in LOOKS:
             raise ValueError(f"look must be one of {LOOKS}, got {look!r}")
         self.p = parts
         self.s = parts.settings
-        self.forced = forced
+        self.asked = asked
         self.look = look
         self.t0 = parts.clock.now()
         self.state: RunState = parts.state.load(self.s.schedule.mode)
@@ -127,7 +136,38 @@ class _Cycle:
         return CycleResult(outcome, reason, detail, mode, self.t0, duration, **self.fields)
 
     def run(self) -> CycleResult:
-        return self._remember(self._run())
+        try:
+            return self._remember(self._run())
+        except (JournalError, StateWriteError, C1RecordUnwritable) as error:
+            return self._unwritable(error)
+
+    def _unwritable(self, error: Exception) -> CycleResult:
+        """The state directory refused a write mid-cycle (a full disk). What the daemon did is its
+        own doing and stays so: where it left the aperture and C1 is kept (in memory until the disk
+        takes it: record.state, record.journal), so no later cycle blames a person for the
+        daemon's own move; and it goes to hold, since it cannot keep its record, until a person
+        clears it once there is room."""
+        where = read_position(self.p.microscope)
+        try:
+            c1: float | None = float(self.p.microscope.c1())
+        except ProtocolError:
+            c1 = None
+        why = (f"the state directory could not be written during a cycle ({error}); the daemon's own "
+               "position and C1 are kept and written when the disk takes them: make room, then temalign "
+               "hold clear")
+        changes: StateChanges = {"hold": why}
+        if where is not None:
+            changes["last_position"] = where
+            self.fields["position_after"] = where
+        if c1 is not None:
+            changes["last_c1"] = c1
+        try:
+            self.state = self.p.state.update(**changes)
+        except StateWriteError:
+            self.state = self.p.state.load(self.s.schedule.mode)
+        with contextlib.suppress(JournalError):
+            self.p.journal.append("hold", reason=why)
+        return self.result("hold", STATE_UNWRITABLE, why)
 
     def _run(self) -> CycleResult:
         stop = self.gates()
@@ -154,7 +194,7 @@ class _Cycle:
             held = self.fail("lens", str(error))
             return self.result("hold" if held else "error", LENS_DID_NOT_TAKE, str(error))
         except (WobbleError, SourceError, ProtocolError) as error:
-            return self.result("error", WOBBLE_FAILED, str(error))
+            return self.result("error", WOBBLE_FAILED, with_notes(error))
         self.fields["before"] = before
         if not before.trusted:
             outcome = UNTRUSTED_OUTCOMES.get(before.reason, "refused_low_confidence")
@@ -176,7 +216,7 @@ class _Cycle:
         st = self.state
         stop = column.may_wobble(busy_file=busy, busy_file_exists=busy is not None and busy.exists(),
                                  hold=st.hold, paused_until=st.paused_until, pause_reason=st.pause_reason,
-                                 now_epoch=self.p.wall(), forced=self.forced)
+                                 now_epoch=self.p.wall(), asked=self.asked)
         return None if stop is None else self.result("skipped", stop.reason, stop.detail)
 
     def read_column(self) -> tuple[Pair, float]:
@@ -326,13 +366,15 @@ def can_check(parts: Parts) -> bool:
     return parts.estimator.calibration is not None and parts.settings.estimator.use != "model"
 
 
-def run_cycle(parts: Parts, *, forced: bool = False, look: str = "full") -> CycleResult:
-    """One cycle; `forced` (temalign once) runs even when paused (moving if the mode is live) or in
-    hold (measuring only: a hold never moves). `look` "check" starts with the two-frame check and
+def run_cycle(parts: Parts, *, asked: column.Asked = "schedule", look: str = "full") -> CycleResult:
+    """One cycle, `asked` by the schedule, by `temalign once` (which runs in hold, measuring only:
+    a hold never moves) or by `temalign once --force` (which also runs during a pause; nothing
+    runs while the busy file exists). `look` "check" starts with the two-frame check and
     stops there when it sees the column aligned (outcome "checked"); when the check sees a
     misalignment or cannot tell, the full wobble follows in the same cycle. Without a calibration,
     with `estimator.use: model`, and when not live, the look is always full."""
-    cycle = _Cycle(parts, forced, look)
+    cycle = _Cycle(parts, asked, look)
     result = cycle.run()
-    parts.journal.append("cycle", **result.to_json())
+    with contextlib.suppress(JournalError):  # kept by the journal, written once the disk takes it
+        parts.journal.append("cycle", **result.to_json())
     return result

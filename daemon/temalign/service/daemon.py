@@ -22,9 +22,9 @@ import structlog
 
 from temalign.clock import Clock, RealClock
 from temalign.config.schema import Settings
-from temalign.decide.column import is_paused
+from temalign.decide.column import Asked, is_paused
 from temalign.errors import ConfigError, TemalignError
-from temalign.estimate.calibration import load_calibration
+from temalign.estimate.calibration import Calibration, load_calibration
 from temalign.estimate.combined import CombinedEstimator
 from temalign.estimate.model_estimator import open_model
 from temalign.microscope import Microscope
@@ -60,8 +60,12 @@ class Daemon:
         self.wall = wall
         self.metrics = metrics or Metrics()
         state_dir = settings.paths.ensure_state_dir()
-        self.journal = Journal(state_dir, max_bytes=settings.journal.max_bytes,
-                               keep_files=settings.journal.keep_files, clock=self.clock)
+        try:
+            self.journal = Journal(state_dir, max_bytes=settings.journal.max_bytes,
+                                   keep_files=settings.journal.keep_files, clock=self.clock)
+        except OSError as error:
+            raise ConfigError(f"paths.state_dir: {state_dir}: the journal cannot be opened "
+                              f"({error.strerror or error}: {error.filename})") from None
         try:
             self.store = StateStore(state_dir)
             self.store.load(settings.schedule.mode)
@@ -71,7 +75,12 @@ class Daemon:
         except (ValueError, TemalignError) as error:
             self.journal.close()
             raise ConfigError(str(error)) from None
-        self.estimator = CombinedEstimator(model, calibration, settings.estimator, settings.quality)
+        self.stored_calibration = calibration
+        """The calibration in the state directory; the estimator uses it only while it fits the
+        configured wobble (`use_calibration`)."""
+        self.estimator = CombinedEstimator(model, None, settings.estimator, settings.quality)
+        self.calibration_note: str | None = None
+        self.use_calibration(calibration)
         self.memory = C1Memory(state_dir)
         self.parts = Parts(microscope=microscope, source=source, estimator=self.estimator, settings=settings,
                            clock=self.clock, memory=self.memory, journal=self.journal, state=self.store,
@@ -81,7 +90,9 @@ class Daemon:
         self._scheduler: BackgroundScheduler | None = None
         self._plan_state = PlanState()
         self._next_look = "full"
-        self._hup: threading.Event | None = None
+        self._hup = threading.Event()
+        self._signals = False
+        self._metrics_served = False
         self._control: ControlServer | None = None
         self.last: list[JsonObject] = []
         self.started = False
@@ -112,6 +123,7 @@ class Daemon:
         self.publish_state()
         if serve_metrics and s.metrics.enabled:
             self.metrics.serve(s.metrics.host, s.metrics.port)
+            self._metrics_served = True
         if serve_control:
             self._control = ControlServer(s.control.socket, self.handle, s.control.group)
             self._control.start()
@@ -129,7 +141,8 @@ class Daemon:
 
         wall = self.clock.wall_seconds
         sch = self.settings.schedule
-        self._scheduler = BackgroundScheduler(timezone="UTC")
+        self._scheduler = BackgroundScheduler(timezone="UTC", executors={
+            "default": {"type": "threadpool", "max_workers": 1}})  # one cycle at a time: one thread
         self._scheduler.add_job(self._scheduled, IntervalTrigger(seconds=wall(sch.interval_s),
                                                                  jitter=wall(sch.jitter_s) or None),
                                 id="cycle", max_instances=1, coalesce=True,
@@ -161,12 +174,12 @@ class Daemon:
         log.debug("next cycle", delay_s=round(plan.delay_s, 1), look=plan.look, why=plan.reason)
         self._plan_at(plan.delay_s)
 
-    def cycle(self, *, forced: bool = False, look: str = "full") -> CycleResult:
+    def cycle(self, *, asked: Asked = "schedule", look: str = "full") -> CycleResult:
         """One cycle under the lock (a scheduled one and `once` never overlap), then the record."""
         with self.lock:
             if self.memory.exists():
                 self.recover()
-            result = run_cycle(self.parts, forced=forced, look=look)
+            result = run_cycle(self.parts, asked=asked, look=look)
         self._record(result)
         return result
 
@@ -209,6 +222,22 @@ class Daemon:
         """A control request (service.verbs); raises ValueError to refuse it."""
         return verbs.handle(self, verb, args, uid)
 
+    def use_calibration(self, calibration: Calibration | None) -> str | None:
+        """Store `calibration` and give it to the estimator if it fits the wobble as configured (a
+        calibration measured at another settle time is kept, not used); returns the note that
+        status shows when there is none in use."""
+        self.stored_calibration = calibration
+        unfit = calibration.unfit_for(self.settings.wobble.settle_s) if calibration is not None else None
+        self.estimator.calibration = calibration if unfit is None else None
+        if calibration is None:
+            note: str | None = (f"no calibration: {self.settings.estimator.without_calibration} until "
+                                "`temalign calibrate` runs")
+        else:
+            note = unfit
+        self.calibration_note = note
+        self.metrics.set_calibrated(self.estimator.calibration is not None)
+        return unfit
+
     def calibrate(self, step_units: float = 60.0) -> JsonObject:
         """Measure and store the 2 x 2 calibration between cycles (service.verbs.calibrate)."""
         return verbs.calibrate(self, {"step_units": step_units}, None)
@@ -236,6 +265,7 @@ class Daemon:
             self.estimator.settings = merged.estimator
             self.estimator.quality_settings = merged.quality
             self.parts.failure_count.limit = merged.safety.hold_after_failures
+            unfit = self.use_calibration(self.stored_calibration)
         if merged.logging != old.logging:
             from temalign.record.logs import configure_logging
 
@@ -249,42 +279,70 @@ class Daemon:
         notes = ["reloaded: wobble, quality, safety, schedule, logging and the estimator's thresholds"]
         if kept:
             notes.append("kept until a restart: " + ", ".join(sorted(kept)))
+        if unfit is not None:
+            notes.append(f"the stored calibration is not used: {unfit}")
         self.journal.append("reload", notes=notes)
         return notes
 
-    def install_signal_handlers(self) -> threading.Event:
+    def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT stop, SIGHUP reloads. Call before `start()`: systemd may send SIGTERM as
         soon as READY is out, and the default action would kill a cycle mid-wobble."""
-        if self._hup is None:
-            self._hup = threading.Event()
-            hup = self._hup
+        if not self._signals:
+            self._signals = True
             signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
             signal.signal(signal.SIGINT, lambda *_: self._stop.set())
-            signal.signal(signal.SIGHUP, lambda *_: hup.set())
-        return self._hup
+            signal.signal(signal.SIGHUP, lambda *_: self._hup.set())
 
-    def run_forever(self, reload: Callable[[], Settings] | None = None) -> int:
-        """Until SIGTERM or SIGINT: watchdog pings, SIGHUP reloads (`reload()` reads and validates the
-        file: a bad file keeps the running config); then a clean stop. Returns the exit status."""
-        hup = self.install_signal_handlers()
-        ping = notify.watchdog_interval_s()
-        while not self._stop.wait(min(ping / 2, 1.0) if ping else 1.0):
-            if ping:
-                notify.watchdog_ping()
-            if hup.is_set():
-                hup.clear()
-                notify.reloading()
-                try:
-                    if reload is None:
-                        raise ConfigError("no config file to reload")
-                    for note in self.reload(reload()):
-                        log.info("reload", note=note)
-                except TemalignError as error:
-                    self.journal.append("reload", refused=str(error))
-                    log.error("reload refused; the running config stays", error=str(error))
-                notify.ready(self.status_line())
+    def run_forever(self, read_config: Callable[[], Settings] | None = None) -> int:
+        """Until SIGTERM or SIGINT: `watch`, then a clean stop. Returns the exit status."""
+        self.install_signal_handlers()
+        self.watch(read_config)
         self.stop()
         return 0
+
+    def watch(self, read_config: Callable[[], Settings] | None = None) -> None:
+        """The service's own loop until stopped: the watchdog pinged while every listener is served
+        (a dead one stops the pings, so systemd restarts the daemon), a reload on SIGHUP."""
+        ping = notify.watchdog_interval_s()
+        said: str | None = None
+        while not self._stop.wait(min(ping / 2, 1.0) if ping else 1.0):
+            problem = self.healthy()
+            if problem is None:
+                if ping:
+                    notify.watchdog_ping()
+            elif problem != said:
+                self.journal.append("unhealthy", why=problem)
+                log.error("unhealthy: the watchdog is no longer pinged, systemd restarts the daemon",
+                          why=problem)
+            said = problem
+            if self._hup.is_set():
+                self._hup.clear()
+                self.apply_reload(read_config)
+
+    def healthy(self) -> str | None:
+        """None while the service does its job; else what died."""
+        if self._control is not None and not self._control.alive():
+            return "the control socket's listener died"
+        if self._metrics_served and not self.metrics.alive():
+            return "the metrics endpoint's listener died"
+        if self._scheduler is not None and not self._scheduler.running:
+            return "the scheduler stopped"
+        return None
+
+    def apply_reload(self, read_config: Callable[[], Settings] | None) -> None:
+        """SIGHUP: read and validate the file, then take it (`reload`); a bad file keeps the running
+        config, and the refusal is journaled without the file's values (the file may be one a
+        person reading the journal must not see: ConfigError.summary)."""
+        notify.reloading()
+        try:
+            if read_config is None:
+                raise ConfigError("no config file to reload")
+            for note in self.reload(read_config()):
+                log.info("reload", note=note)
+        except ConfigError as error:
+            self.journal.append("reload", refused=error.summary)
+            log.error("reload refused; the running config stays", error=error.summary)
+        notify.ready(self.status_line())
 
     def stop(self) -> None:
         """Let a running cycle finish, then close everything (idempotent)."""

@@ -18,7 +18,7 @@ from temalign.protocol.errors import ProtocolError
 from temalign.record.journal import Journal
 from temalign.record.state import StateChanges
 from temalign.service.calibrate import calibrate as measure_calibration
-from temalign.values import JsonObject
+from temalign.values import JsonObject, finite
 
 if TYPE_CHECKING:
     from temalign.service.daemon import Daemon
@@ -54,8 +54,7 @@ def status(daemon: Daemon, args: JsonObject, uid: int | None) -> Reply:
         "reference": st.reference, "reference_set_by": st.reference_set_by,
         "last_position": st.last_position, "session_start": parts.session_start,
         "calibrated": daemon.estimator.calibration is not None,
-        "calibration_note": None if daemon.estimator.calibration is not None else
-        f"no calibration: {s.estimator.without_calibration} until `temalign calibrate` runs",
+        "calibration_note": daemon.calibration_note,
         "model": daemon.estimator.model.identity,
         "limits": s.safety.model_dump(mode="json"),
         "interval_s": s.schedule.interval_s,
@@ -82,12 +81,20 @@ def last_estimate(cycles: list[JsonObject]) -> JsonObject | None:
     return None
 
 
+MAX_PAUSE_S = 366 * 86400.0
+"""A timed pause longer than a year is a typo; an open-ended one is `pause` without a time."""
+
+
 def pause(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
-    seconds = args.get("for_s")
+    seconds, reason = args.get("for_s"), args.get("reason")
+    if seconds is not None and not (finite(seconds) and 0 < float(seconds) <= MAX_PAUSE_S):
+        raise ValueError(f"pause: for_s must be a number of seconds, more than 0 and at most "
+                         f"{MAX_PAUSE_S:.0f} (a year), or absent for a pause until resumed; got {seconds!r}")
+    if reason is not None and not isinstance(reason, str):
+        raise ValueError(f"pause: reason must be text, got {reason!r}")
     until = math.inf if seconds is None else daemon.wall() + float(seconds)
-    reason = str(args.get("reason") or ("paused by a person" if seconds is None
-                                        else f"paused for {float(seconds):.0f} s"))
-    daemon.store.update(paused_until=until, pause_reason=reason)
+    text = reason or ("paused by a person" if seconds is None else f"paused for {float(seconds):.0f} s")
+    daemon.store.update(paused_until=until, pause_reason=text)
 
 
 def resume(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
@@ -118,7 +125,10 @@ def hold_clear(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
 
 
 def once(daemon: Daemon, args: JsonObject, uid: int | None) -> Reply:
-    return daemon.cycle(forced=True).to_json()
+    force = args.get("force", False)
+    if not isinstance(force, bool):
+        raise ValueError(f"once: force must be true or false, got {force!r}")
+    return daemon.cycle(asked="force" if force else "once").to_json()
 
 
 def reference_set(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
@@ -145,10 +155,9 @@ def calibrate(daemon: Daemon, args: JsonObject, uid: int | None) -> Reply:
             _remember_position(daemon)
             raise TemalignError(f"calibration failed: {error}") from None
         save_calibration(s.paths.state_dir, cal)
-        daemon.estimator.calibration = cal
+        daemon.use_calibration(cal)
         daemon.journal.outcome(op, "calibration", ok=True, calibration=cal.to_json())
         _remember_position(daemon)
-    daemon.metrics.set_calibrated(True)
     return cal.to_json()
 
 

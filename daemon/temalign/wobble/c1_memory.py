@@ -20,7 +20,7 @@ from temalign.durable import atomic_write, fsync_dir
 from temalign.microscope import Microscope
 from temalign.protocol.errors import ProtocolError
 from temalign.values import finite_float
-from temalign.wobble.errors import C1RestoreFailed, PendingRecord, WobbleError
+from temalign.wobble.errors import C1RecordUnwritable, C1RestoreFailed, PendingRecord
 
 RECORD_NAME = "c1-wobble.json"
 RECORD_VERSION = 1
@@ -81,8 +81,8 @@ class C1Memory:
         try:
             self._write(record)
         except OSError as error:
-            raise WobbleError(f"cannot write the C1 record {self.path}: {error.strerror or error}; "
-                              "C1 was not changed") from error
+            raise C1RecordUnwritable(f"cannot write the C1 record {self.path}: {error.strerror or error}; "
+                                     "C1 was not changed") from error
         return record
 
     def clear(self) -> None:

@@ -5,13 +5,28 @@ from __future__ import annotations
 from temalign.errors import TemalignError
 
 
+def with_notes(error: BaseException) -> str:
+    """The error's message and its notes (PEP 678): what was done about it, such as the wobble's
+    "C1 restored to 1.2" on a protocol error it did not itself raise."""
+    text = Exception.__str__(error) if isinstance(error, WobbleError) else str(error)
+    return "; ".join([text, *(n for n in getattr(error, "__notes__", ()) if n not in text)])
+
+
 class WobbleError(TemalignError):
     """The wobble did not complete; C1 is back at the value it had before (it was verified)."""
+
+    def __str__(self) -> str:
+        return with_notes(self)
 
 
 class PendingRecord(WobbleError):
     """A record of an earlier wobble that did not restore C1 is still on disk: nothing was changed,
     because overwriting it would lose the value C1 must go back to. Run the recovery first."""
+
+
+class C1RecordUnwritable(WobbleError):
+    """The C1 record could not be written (a full or read-only state directory): C1 was not
+    changed, and no wobble can run until the directory takes writes again."""
 
 
 class LensDidNotTake(WobbleError):

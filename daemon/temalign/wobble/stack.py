@@ -158,8 +158,8 @@ def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, sett
             "if nobody has changed it") from failure
     memory.clear()
     if failure is not None:
-        if isinstance(failure, WobbleError) and failure.args:
-            failure.args = (f"{failure.args[0]}; C1 restored to {c0:.6g}", *failure.args[1:])
+        if isinstance(failure, Exception):
+            failure.add_note(f"C1 restored to {c0:.6g}")
         raise failure
     if interrupt is not None:
         raise interrupt
