@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import socketserver
+import sys
 import threading
 from typing import Any
 
@@ -48,6 +49,13 @@ class BoundedThreads(socketserver.ThreadingMixIn):
             self.refused += 1
             log.warning("listener: no thread for a connection (%s); closed it", error)
             self.shutdown_request(request)  # type: ignore[attr-defined]
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A connection that failed (a peer that reset it, hostile bytes the handler choked on):
+        one log line, not socketserver's traceback on stderr; the listener goes on."""
+        error = sys.exc_info()[1]
+        log.warning("listener: a connection from %s failed: %s: %s", client_address or "a local peer",
+                    type(error).__name__, error)
 
     def _serve_one(self, request: Any, client_address: Any) -> None:
         try:
