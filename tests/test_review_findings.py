@@ -284,6 +284,121 @@ def test_once_does_not_wobble_during_a_timed_pause_unless_forced(make_twin: Any,
         daemon.stop()
 
 
+class Interlocked:
+    """The parts' microscope, forwarding every call; `trigger(kind, count)` runs once, when the
+    count-th call of kind ("set_c1", "acquire", "move") is about to go out: a person pausing, or
+    the acquisition software creating its busy file, in the middle of a cycle."""
+
+    def __init__(self, inner: Any, kind: str, count: int, trigger: Any) -> None:
+        self.inner, self.kind, self.count, self.trigger = inner, kind, count, trigger
+        self.calls: list[tuple[str, Any]] = []
+        self.fired_at: int | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _call(self, kind: str, value: Any) -> None:
+        self.calls.append((kind, value))
+        if self.fired_at is None and sum(1 for k, _ in self.calls if k == self.kind) == self.count:
+            self.fired_at = len(self.calls) - 1
+            self.trigger()
+
+    def set_c1(self, value: float) -> float:
+        self._call("set_c1", value)
+        return float(self.inner.set_c1(value))
+
+    def acquire(self, exposure_s: float | None = None) -> Any:
+        self._call("acquire", None)
+        return self.inner.acquire(exposure_s)
+
+    def move_aperture(self, target: Any) -> Any:
+        self._call("move", (target.x, target.y))
+        return self.inner.move_aperture(target)
+
+    def after_the_trigger(self) -> list[tuple[str, Any]]:
+        assert self.fired_at is not None, "the trigger never fired"
+        return self.calls[self.fired_at + 1:]
+
+
+def interlocked_parts(served: Any, connect: Any, tmp_path: Path, kind: str, count: int, how: str) -> Any:
+    from test_cycle import make_parts
+
+    from temalign.record.state import StateStore
+    from temalign.wobble.sources import CameraSource
+
+    busy = tmp_path / "exposing"
+    parts = make_parts(served, connect, tmp_path, safety={"busy_file": str(busy)})
+    other = StateStore(parts.settings.paths.state_dir)  # the control thread's view of the same state
+
+    def trigger() -> None:
+        if how == "pause":
+            other.update(paused_until=time.time() + 600, pause_reason="hologram exposure")
+        else:
+            busy.write_text("")
+
+    watched = Interlocked(parts.microscope, kind, count, trigger)
+    parts.microscope = watched
+    parts.source = CameraSource(watched, 0.1, served.clock)
+    return parts, watched
+
+
+@pytest.mark.parametrize("how", ["pause", "busy"])
+def test_a_pause_or_busy_mid_wobble_stops_it_within_one_frame(make_twin: Any, connect: Any,
+                                                              tmp_path: Path, how: str) -> None:
+    from test_cycle import offset
+
+    from temalign.service.cycle import run_cycle
+
+    served = make_twin()
+    offset(served, 120, -80)
+    parts, watched = interlocked_parts(served, connect, tmp_path, "set_c1", 3, how)
+    c1 = served.lens_reads()
+    result = run_cycle(parts)
+    assert (result.outcome, result.reason) == ("skipped", "paused" if how == "pause" else "busy"), result
+    later = watched.after_the_trigger()
+    assert [k for k, _ in later if k != "set_c1"] == [], f"frames or moves after the {how}: {later}"
+    assert [v for _, v in later] == [pytest.approx(c1, rel=1e-9)], "only C1's restore may follow"
+    assert served.lens_reads() == pytest.approx(c1, rel=1e-9)
+    assert "C1 restored" in result.detail
+
+
+def test_a_busy_file_after_the_wobble_stops_the_correction(make_twin: Any, connect: Any,
+                                                           tmp_path: Path) -> None:
+    from test_cycle import offset
+
+    from temalign.service.cycle import run_cycle
+
+    served = make_twin()
+    offset(served, 120, -80)
+    parts, watched = interlocked_parts(served, connect, tmp_path, "acquire", 7, "busy")
+    before = served.truth()["aperture"]
+    result = run_cycle(parts)
+    assert (result.outcome, result.reason) == ("skipped", "busy"), result
+    assert "was not made" in result.detail
+    assert not [c for c in watched.calls if c[0] == "move"] and served.truth()["aperture"] == before
+
+
+def test_a_pause_during_the_verification_keeps_the_correction_without_moving_again(
+        make_twin: Any, connect: Any, tmp_path: Path) -> None:
+    from test_cycle import offset
+
+    from temalign.service.cycle import run_cycle
+
+    served = make_twin()
+    offset(served, 120, -80)
+    parts, watched = interlocked_parts(served, connect, tmp_path, "move", 1, "pause")
+    c1 = served.lens_reads()
+    result = run_cycle(parts)
+    assert (result.outcome, result.reason) == ("skipped", "paused"), result
+    assert "kept unverified" in result.detail
+    moves = [v for k, v in watched.calls if k == "move"]
+    assert len(moves) == 1, f"a rollback during the pause: {moves}"
+    assert math.dist(served.truth()["aperture"], moves[0]) < 3 * math.sqrt(2), "the move was undone"
+    assert served.lens_reads() == pytest.approx(c1, rel=1e-9)
+    assert not [k for k, _ in watched.after_the_trigger() if k == "acquire"], "the verification wobbled"
+    assert parts.state.load("live").last_position == result.position_after, "a person would be blamed"
+
+
 # ---- 5: the rate limit keeps room for the rollback -----------------------------------------------
 
 

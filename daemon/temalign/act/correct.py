@@ -21,20 +21,23 @@ from temalign.microscope import Microscope, Position
 from temalign.protocol.errors import ProtocolError
 from temalign.record.journal import Journal
 from temalign.values import finite
-from temalign.wobble.errors import C1RestoreFailed, SourceError, WobbleError
+from temalign.wobble.errors import C1RestoreFailed, SourceError, WobbleError, WobbleInterrupted
 
 Pair = tuple[int, int]
 CORRECTED = "corrected"
 MOVE_FAILED = "move_failed"
 ROLLBACK_FAILED = "rollback_failed"
 C1_RESTORE_FAILED = "c1_restore_failed"
+INTERRUPTED = "interrupted"
+"""Acted.outcome when a pause or the busy file stopped the verification: the move stays, unverified."""
 
 
 @dataclass(frozen=True)
 class Acted:
-    """What a correction did. `outcome`: corrected, rolled_back, error or hold (C1 could not be
-    restored after the verification). `failure`: the kind of failure toward hold it was, if any
-    (motor, protocol, rollback). `position_after`: where the aperture reads now (None: unknown)."""
+    """What a correction did. `outcome`: corrected, rolled_back, error, hold (C1 could not be
+    restored after the verification) or interrupted (a pause or busy stopped the verification).
+    `failure`: the kind of failure toward hold it was, if any (motor, protocol, rollback).
+    `position_after`: where the aperture reads now (None: unknown)."""
 
     outcome: str
     reason: str
@@ -103,6 +106,9 @@ def correct(mover: Mover, *, position: Pair, target: Pair, before: Measurement,
         after = verify()
     except C1RestoreFailed as error:
         return Acted("hold", C1_RESTORE_FAILED, str(error), read, applied)
+    except WobbleInterrupted as error:
+        return Acted(INTERRUPTED, error.reason, f"{error}; the correction to {read} is kept unverified (a "
+                     "rollback would move during the exposure): the next cycle measures it", read, applied)
     except (WobbleError, SourceError, ProtocolError) as error:
         return roll_back(mover, position, read, f"the verification wobble failed: {error}", safety, applied)
     m_before = before.misalignment or 0.0

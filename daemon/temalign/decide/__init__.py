@@ -2,7 +2,7 @@
 code (snake_case). The rest of the service measures and acts; these decide.
 
     column.may_wobble          busy file, pause, hold: whether a wobble may start (schedule, once,
-                               once --force)
+                               once --force), and again before each wobble step and the correction
     column.c1_changed          hands on the column: C1 not where the daemon left it
     column.aperture_moved      hands on the column: the aperture moved by a person
     column.same_c1             the C1 tolerance (read-backs, recovery, hands on the column)

@@ -23,7 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypedDict
 
-from temalign.act.correct import C1_RESTORE_FAILED, CORRECTED, Acted, Mover, correct, read_position
+from temalign.act.correct import (
+    C1_RESTORE_FAILED,
+    CORRECTED,
+    INTERRUPTED,
+    Acted,
+    Mover,
+    correct,
+    read_position,
+)
 from temalign.clock import Clock
 from temalign.config.schema import Settings
 from temalign.decide import column
@@ -46,6 +54,7 @@ from temalign.wobble.errors import (
     LensDidNotTake,
     SourceError,
     WobbleError,
+    WobbleInterrupted,
     with_notes,
 )
 from temalign.wobble.sources import ImageSource
@@ -193,6 +202,8 @@ class _Cycle:
         except LensDidNotTake as error:
             held = self.fail("lens", str(error))
             return self.result("hold" if held else "error", LENS_DID_NOT_TAKE, str(error))
+        except WobbleInterrupted as error:
+            return self.result("skipped", error.reason, with_notes(error))
         except (WobbleError, SourceError, ProtocolError) as error:
             return self.result("error", WOBBLE_FAILED, with_notes(error))
         self.fields["before"] = before
@@ -218,6 +229,17 @@ class _Cycle:
                                  hold=st.hold, paused_until=st.paused_until, pause_reason=st.pause_reason,
                                  now_epoch=self.p.wall(), asked=self.asked)
         return None if stop is None else self.result("skipped", stop.reason, stop.detail)
+
+    def interlock(self) -> tuple[str, str] | None:
+        """The gates again, mid-cycle: a pause or the busy file that came on after the cycle
+        started stops it before its next C1 step or its correction (decide.column.may_wobble),
+        since the acquisition software sets them just before an exposure."""
+        busy = self.s.safety.busy_file
+        st = self.p.state.load(self.s.schedule.mode)
+        stop = column.may_wobble(busy_file=busy, busy_file_exists=busy is not None and busy.exists(),
+                                 hold=None, paused_until=st.paused_until, pause_reason=st.pause_reason,
+                                 now_epoch=self.p.wall(), asked=self.asked)
+        return None if stop is None else (stop.reason, stop.detail)
 
     def read_column(self) -> tuple[Pair, float]:
         """The aperture and C1 as they are at the cycle's start."""
@@ -258,7 +280,8 @@ class _Cycle:
             stack = wobble(self.p.microscope, self.p.source, fraction=s.wobble.fraction,
                            settle_s=s.wobble.settle_s, clock=self.p.clock, memory=self.p.memory,
                            restore_attempts=s.wobble.restore_attempts,
-                           saturation_abort_fraction=s.quality.saturation_abort_fraction, steps=steps)
+                           saturation_abort_fraction=s.quality.saturation_abort_fraction, steps=steps,
+                           interlock=self.interlock)
         except BaseException as error:
             self.p.journal.outcome(op, "wobble", ok=False, error=f"{type(error).__name__}: {error}")
             raise
@@ -311,6 +334,9 @@ class _Cycle:
         """Carry out the move (act.correct), then count what it did toward hold or reset the run."""
         assert decision.target is not None
         target: Pair = (int(decision.target[0]), int(decision.target[1]))
+        stop = self.interlock()
+        if stop is not None:
+            return self.result("skipped", stop[0], f"{stop[1]}: the correction to {target} was not made")
         mover = Mover(self.p.microscope, self.p.journal, self.p.ledger, self.p.clock)
         acted: Acted = correct(mover, position=position, target=target, before=before,
                                verify=lambda: self.measure("verify"), safety=self.s.safety)
@@ -321,6 +347,8 @@ class _Cycle:
         if acted.failure is not None:
             held = self.fail(acted.failure, acted.detail)
             return self.result("hold" if held else acted.outcome, acted.reason, acted.detail)
+        if acted.outcome == INTERRUPTED:
+            return self.result("skipped", acted.reason, acted.detail)
         assert acted.outcome == CORRECTED
         self.p.failure_count.success()
         if self.state.reference is None and acted.position_after is not None:

@@ -37,6 +37,16 @@ class CameraProtectionAbort(WobbleError):
     """A frame had too many saturated pixels: the wobble stopped at once to protect the camera."""
 
 
+class WobbleInterrupted(WobbleError):
+    """The interlock (a pause or the busy file) came on mid-wobble: the wobble stopped before its
+    next C1 step and C1 went back, so an exposure that starts now sees the column as it was.
+    `reason` is the interlock's code (decide.column: "paused", "busy")."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
 class C1RestoreFailed(TemalignError):
     """C1 could not be put back: it may be off. The durable record stays, so the next start
     (`C1Memory.recover`) puts it back if nobody has changed it meanwhile."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -31,8 +31,12 @@ from temalign.wobble.errors import (
     LensDidNotTake,
     SourceError,
     WobbleError,
+    WobbleInterrupted,
 )
 from temalign.wobble.sources import ImageSource
+
+Interlock = Callable[[], tuple[str, str] | None]
+"""Asked before each wobble step: None to go on, or (reason code, sentence) to stop now."""
 
 DEFAULT_SATURATION_ABORT_FRACTION = 0.05
 """More than this fraction of a frame's pixels saturated stops the wobble (docs/safety.md, camera
@@ -84,7 +88,7 @@ def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, sett
            clock: Clock, memory: C1Memory, restore_attempts: int = 5,
            saturation_abort_fraction: float = DEFAULT_SATURATION_ABORT_FRACTION,
            saturation_level: float | None = None, tolerance: float = C1_TOLERANCE,
-           steps: Sequence[int] | None = None) -> WobbleStack:
+           steps: Sequence[int] | None = None, interlock: Interlock | None = None) -> WobbleStack:
     """One wobble around the present C1 value; returns its frames (7, or those of `steps`) and
     what was done.
 
@@ -94,7 +98,9 @@ def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, sett
     delivers a frame; a step at the value C1 already holds is neither set nor settled.
     `saturation_level` is the count at which a pixel is saturated; None means 65535 for raw frames
     and no check for display frames (a white display pixel says nothing about the camera). C1 is
-    put back in any case."""
+    put back in any case. `interlock` is asked before every step and before every frame: a
+    (reason, detail) it returns stops the wobble there (WobbleInterrupted), C1 put back, so a
+    pause or the busy file that comes on mid-wobble is honoured within one frame, not one cycle."""
     _check_args(fraction, settle_s, restore_attempts, saturation_abort_fraction)
     picked = _check_steps(steps)
     c0 = microscope.c1()
@@ -114,6 +120,7 @@ def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, sett
     try:
         previous = c0
         for k, value in enumerate(values):
+            _ask(interlock, k)
             changed = value != previous
             if changed:
                 unanswered_set = True
@@ -127,6 +134,7 @@ def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, sett
             if changed:
                 clock.sleep(settle_s)
             previous = value
+            _ask(interlock, k)  # again after the settle: the camera may be the exposure's now
             frame = source.grab()
             _check_frame(frame, frames, k)
             sat = saturated_fraction(frame, level)
@@ -173,6 +181,12 @@ def wobble(microscope: Microscope, source: ImageSource, *, fraction: float, sett
         kind=source.kind,
         meta={"settle_s": settle_s, "c1_readback": tuple(readbacks), "saturated_fraction": tuple(saturation)},
     )
+
+
+def _ask(interlock: Interlock | None, k: int) -> None:
+    stop = interlock() if interlock is not None else None
+    if stop is not None:
+        raise WobbleInterrupted(stop[0], f"{stop[1]}: the wobble stopped before frame {k}")
 
 
 def late_write_grace_s(microscope: Microscope) -> float:
