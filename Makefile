@@ -65,7 +65,7 @@ bench: | $(VENV)/.dev-installed
 	$(BIN)/python tools/bench_session.py --seeds 10 --out bench-out
 	$(BIN)/python tools/bench_coldstart.py --out bench-out
 	$(BIN)/python tools/bench_footprint.py --out bench-out/footprint.json
-	$(BIN)/python tools/fault_campaign.py --seed 0 --scenarios 1000 --kills 24 --out bench-out/faults.json
+	$(BIN)/python tools/fault_campaign.py --seed 0 --scenarios 1000 --kills 24 --daemon-rounds 3 --out bench-out/faults.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,8 +1,11 @@
 """The fault campaign (issue 5, item 4): randomised, seeded fault scenarios against the twin, each
 checked against every invariant of safety.md, plus a real `temalign run` killed with SIGKILL at
-random moments and restarted. Writes a JSON result; exits 1 on any violation.
+random moments and restarted, plus rounds of daemon-level faults against a real `temalign run`
+(benchkit/daemon_faults.py: its socket path taken, a second daemon, floods, hostile bytes, an
+interlock during `once`, a read-only state dir). Writes a JSON result; exits 1 on any violation.
 
-    python tools/fault_campaign.py --seed 0 --scenarios 1000 --kills 20 --out runs/faults.json
+    python tools/fault_campaign.py --seed 0 --scenarios 1000 --kills 20 --daemon-rounds 3 \
+        --out runs/faults.json
     python tools/fault_campaign.py --replay 17   # one scenario again, by its seed, with its plan"""
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchkit.daemon_faults import daemon_campaign
 from benchkit.faults import (
     INVARIANTS,
     kill_campaign,
@@ -49,7 +53,24 @@ def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
             "outcomes": dict(outcomes.most_common())}
 
 
-def run_campaign(seed: int, scenarios: int, kills: int, progress: bool = True) -> dict[str, Any]:
+def midcycle_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mid-cycle events: how many scenarios planned each, how many cycles it struck (an event
+    at the n-th call of a kind that the cycle never made does not fire), the rollbacks at a tight
+    rate limit, and why any could not run here."""
+    planned: Counter[str] = Counter(k.split(":", 1)[1] for r in results for k in r["kinds"]
+                                    if k.startswith("midcycle:"))
+    fired: Counter[str] = Counter()
+    for r in results:
+        fired.update(r["midcycle_fired"])
+    rollbacks = sum(1 for r in results if "midcycle:jump" in r["kinds"]
+                    for o in r["outcomes"] if o.endswith("/rolled_back"))
+    return {"scenarios": dict(sorted(planned.items())), "fired": dict(sorted(fired.items())),
+            "rollbacks_at_the_rate_limit": rollbacks,
+            "not_run": sorted({r["not_run"] for r in results if r["not_run"]})}
+
+
+def run_campaign(seed: int, scenarios: int, kills: int, daemon_rounds: int = 0,
+                 progress: bool = True) -> dict[str, Any]:
     """The whole campaign as one JSON-able result."""
     def say(line: str) -> None:
         if progress:
@@ -65,12 +86,15 @@ def run_campaign(seed: int, scenarios: int, kills: int, progress: bool = True) -
             say(f"{i + 1}/{scenarios} scenarios, {bad} violations, {time.perf_counter() - t0:.1f} s")
     scenario_s = time.perf_counter() - t0
     killed = kill_campaign(seed, kills, progress=say) if kills else None
-    violations = [v for r in results for v in r["violations"]] + (killed["violations"] if killed else [])
+    daemon = daemon_campaign(seed, daemon_rounds, progress=say) if daemon_rounds else None
+    violations = [v for r in results for v in r["violations"]] + (killed["violations"] if killed else []) \
+        + (daemon["violations"] if daemon else [])
     findings = [f for r in results for f in r["findings"]]
     per_s = [r["seconds"] for r in results]
     return {
         "tool": "tools/fault_campaign.py", "seed": seed,
-        "command": f"python tools/fault_campaign.py --seed {seed} --scenarios {scenarios} --kills {kills}",
+        "command": f"python tools/fault_campaign.py --seed {seed} --scenarios {scenarios} --kills {kills} "
+                   f"--daemon-rounds {daemon_rounds}",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpus": os.cpu_count()},
@@ -81,8 +105,10 @@ def run_campaign(seed: int, scenarios: int, kills: int, progress: bool = True) -
                              "max": max(per_s, default=None)},
         **summarise(results),
         "final_cycle": dict(Counter(r["final"].split("/")[0] for r in results).most_common()),
+        "midcycle": midcycle_summary(results),
         "findings": {"counts": dict(Counter(f["kind"] for f in findings)), "examples": findings[:20]},
         "kill_campaign": killed,
+        "daemon_campaign": daemon,
         "violations": violations,
         "ok": not violations,
     }
@@ -97,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="randomised fault scenarios (default 1000)")
     parser.add_argument("--kills", type=int, default=20,
                         help="SIGKILLs of a real `temalign run` (default 20)")
+    parser.add_argument("--daemon-rounds", type=int, default=0,
+                        help="rounds of every daemon-level fault against a real `temalign run` (default 0)")
     parser.add_argument("--out", type=Path, help="write the JSON result here (default: stdout)")
     parser.add_argument("--replay", type=int, metavar="SEED", help="run one scenario by its seed, print it")
     args = parser.parse_args(argv)
@@ -105,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_scenario(plan, load_model())
         print(json.dumps({"plan": plan, "result": result}, indent=1, default=str))
         return 1 if result["violations"] else 0
-    result = run_campaign(args.seed, args.scenarios, args.kills)
+    result = run_campaign(args.seed, args.scenarios, args.kills, args.daemon_rounds)
     text = json.dumps(result, indent=1, default=str)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

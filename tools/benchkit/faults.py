@@ -37,7 +37,7 @@ from temalign.optics import WOBBLE_STEPS as STEPS
 from temalign.protocol.tcp_microscope import TcpMicroscope
 from temalign.record.journal import Journal, read_journal
 from temalign.record.result import CycleResult
-from temalign.record.state import StateStore
+from temalign.record.state import StateStore, StateWriteError
 from temalign.service.cycle import Parts, run_cycle
 from temalign.wobble.c1_memory import C1Memory, same_c1
 from temalign.wobble.sources import CameraSource
@@ -46,6 +46,7 @@ from temalign_twin.model import Twin
 from temalign_twin.service import TwinServer
 from temalign_twin.settings import TwinSettings
 
+from .disk import StateDisk, unavailable
 from .harness import EXPOSURE_S, REPO, SHIPPED_MODEL, settings_for
 
 MAX_OFFSET = 240.0
@@ -54,7 +55,7 @@ ACQUIRE_TIMEOUT_S = 1.0
 FAILURE_REASONS = frozenset({"rolled_back", "motor_fault", "lens_did_not_take", "move_failed",
                              "rollback_failed"})
 """Cycle reasons that count toward hold (safety.md, "Failures")."""
-HOLD_REASONS = frozenset({"c1_restore_failed", "refused_excursion"})
+HOLD_REASONS = frozenset({"c1_restore_failed", "refused_excursion", "state_unwritable"})
 """Reasons that put the daemon in hold at once, without a run of failures."""
 INVARIANTS = {
     "envelope": "every commanded position inside hardware limits, window and excursion around the "
@@ -72,7 +73,16 @@ INVARIANTS = {
     "journal": "read_journal reads it all, seqs increase by one, no pending intent after a cycle, "
                "every command preceded by its intent with the same target",
     "alive": "run_cycle never raises; a final cycle with the faults cleared runs too",
+    "interlock": "after a pause or the busy file comes on mid-cycle (unless a forced cycle meets a "
+                 "pause): no frame and no move, and C1 only set back to its value before the cycle",
+    "disk": "a full or read-only state dir at any step: the cycle ends (in hold, state_unwritable, "
+            "when a write failed); once the disk is mended and a person clears the hold, state.json "
+            "on disk says where the daemon left the aperture and C1 (its own move is its own), the "
+            "journal reads whole with every command after its intent and no intent pending",
 }
+MIDCYCLE_OPS = ("start", "set_c1", "acquire", "move")
+"""Where a mid-cycle event strikes: before the cycle, or as the count-th call of a kind goes out."""
+DISK_SHARE, INTERLOCK_SHARE, RATE_SHARE = 0.25, 0.12, 0.1
 
 
 # ---- plans ------------------------------------------------------------------------------------------
@@ -138,10 +148,41 @@ def plan_scenario(seed: int) -> dict[str, Any]:
                          "action": str(rng.choice(["pause", "dry-run"]))})
     advance = [round(float(rng.uniform(30, 900)), 1) for _ in range(cycles)]
     looks = [str(rng.choice(["full", "check"])) for _ in range(cycles)]
-    return {"seed": seed, "twin_seed": int(seed % (2**31)),
+    plan = {"seed": seed, "twin_seed": int(seed % (2**31)),
             "offset": [round(radius * math.cos(angle), 1), round(radius * math.sin(angle), 1)],
             "cycles": cycles, "advance_s": advance, "looks": looks,
-            "safety": safety, "faults": faults, "operator": operator}
+            "safety": safety, "faults": faults, "operator": operator, "asked": "schedule", "midcycle": []}
+    _plan_midcycle(rng, plan)  # drawn after the rest, so the rest of a plan is as before
+    return plan
+
+
+def _strike(rng: np.random.Generator, cycles: int) -> dict[str, Any]:
+    op = str(rng.choice(MIDCYCLE_OPS, p=[0.1, 0.35, 0.35, 0.2]))
+    count = 0 if op == "start" else int(rng.integers(1, 3 if op == "move" else 11))
+    return {"cycle": int(rng.integers(0, cycles)), "op": op, "count": count}
+
+
+def _plan_midcycle(rng: np.random.Generator, plan: dict[str, Any]) -> None:
+    """The events that strike inside a cycle: a disk that fills or turns read-only at any step, a
+    pause or the busy file during a cycle (the schedule's, `once` or `once --force`), and a run of
+    corrections at a tight rate limit, each undone by a jump of the axis during its verification
+    (a rollback at the rate limit)."""
+    cycles = plan["cycles"]
+    if rng.random() < DISK_SHARE:
+        plan["midcycle"].append({**_strike(rng, cycles), "action": str(rng.choice(["full", "read-only"])),
+                                 "lasts": int(rng.choice([0, 0, 1]))})
+    if rng.random() < INTERLOCK_SHARE:
+        plan["midcycle"].append({**_strike(rng, cycles), "action": str(rng.choice(["pause", "busy"]))})
+        plan["asked"] = str(rng.choice(["schedule", "once", "force"]))
+    if rng.random() < RATE_SHARE:
+        plan["safety"] = {"window_units": 400.0, "max_excursion_units": 560.0, "max_step_units": 250.0,
+                          "on_limit": "scale", "hold_after_failures": 4,
+                          "rate_limit_units_per_hour": float(rng.choice([80.0, 150.0, 300.0]))}
+        plan["advance_s"] = [round(float(rng.uniform(20, 200)), 1) for _ in range(cycles)]
+        plan["looks"] = ["full"] * cycles
+        for k in range(cycles):
+            plan["midcycle"].append({"cycle": k, "op": "move", "count": 1, "action": "jump",
+                                     "units": [round(float(v), 1) for v in rng.uniform(-150, 150, 2)]})
 
 
 def scenario_seed(campaign_seed: int, index: int) -> int:
@@ -153,6 +194,19 @@ def scenario_seed(campaign_seed: int, index: int) -> int:
 
 
 @dataclass
+class Trigger:
+    """One mid-cycle event of a plan: `fire` runs as the `count`-th call of `op` goes out."""
+
+    op: str
+    count: int
+    fire: Any
+    action: str
+    seen: int = 0
+    fired_at: int | None = None
+    """Index in Watched.events of the first event after the firing (None: not fired)."""
+
+
+@dataclass
 class Watched:
     """The microscope the daemon's parts use: forwards every call, and records each command with the
     truth around it (where the aperture really was, whether a blank fault hit a frame)."""
@@ -161,9 +215,20 @@ class Watched:
     twin: Twin
     parts_ref: list[Parts] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    triggers: list[Trigger] = field(default_factory=list)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
+
+    def _before(self, op: str) -> None:
+        """A mid-cycle event whose moment has come (the count-th call of its kind this cycle) fires
+        just before the call goes out; the events after it are the cycle's answer to it."""
+        for trigger in self.triggers:
+            if trigger.op == op and trigger.fired_at is None:
+                trigger.seen += 1
+                if trigger.seen == trigger.count:
+                    trigger.fired_at = len(self.events)
+                    trigger.fire()
 
     @property
     def limits(self) -> Any:
@@ -182,6 +247,7 @@ class Watched:
         return bool(found), float(sum(f["remaining"] for f in found))
 
     def acquire(self, exposure_s: float | None = None) -> np.ndarray:
+        self._before("acquire")
         active, left = self._blank_left()
         event: dict[str, Any] = {"op": "acquire", "blank": False}
         self.events.append(event)
@@ -191,10 +257,12 @@ class Watched:
         return frame
 
     def set_c1(self, value: float) -> float:
+        self._before("set_c1")
         self.events.append({"op": "set_c1", "value": float(value)})
         return self.inner.set_c1(value)
 
     def move_aperture(self, target: Position) -> Position:
+        self._before("move")
         parts = self.parts_ref[0]
         state = parts.state.load(parts.settings.schedule.mode)
         origin = tuple(self.twin.truth()["aperture"])
@@ -222,6 +290,8 @@ class Column:
     watched: Watched
     parts: Parts
     state_dir: Path
+    disk: StateDisk | None = None
+    busy_file: Path | None = None
 
 
 @contextlib.contextmanager
@@ -231,14 +301,19 @@ def fault_column(plan: dict[str, Any], model: ModelEstimator) -> Iterator[Column
     clock = SteppedClock()
     twin = Twin(TwinSettings(), clock, seed=plan["twin_seed"])
     server = TwinServer(twin, host="127.0.0.1", port=0).start()
-    state_dir = Path(tempfile.mkdtemp(prefix="ta-faults-"))
+    actions = {m["action"] for m in plan["midcycle"]}
+    disk = StateDisk() if actions & {"full", "read-only"} else None
+    scratch = Path(tempfile.mkdtemp(prefix="ta-faults-"))
+    state_dir = disk.state_dir if disk is not None else scratch / "state"
+    state_dir.mkdir(mode=0o750, exist_ok=True)
+    busy_file = scratch / "exposing"
     inner = TcpMicroscope(server.address[:2], client_name="temalign-faults", call_timeout_s=CALL_TIMEOUT_S,
                           connect_timeout_s=CALL_TIMEOUT_S, acquire_timeout_s=ACQUIRE_TIMEOUT_S)
     journal: Journal | None = None
     try:
         overrides = {"microscope": {"call_timeout_s": CALL_TIMEOUT_S, "connect_timeout_s": CALL_TIMEOUT_S,
                                     "acquire_timeout_s": ACQUIRE_TIMEOUT_S},
-                     **({"safety": plan["safety"]} if plan["safety"] else {})}
+                     "safety": {**plan["safety"], "busy_file": str(busy_file)}}
         settings = settings_for(server.address[:2], state_dir, overrides)
         estimator = CombinedEstimator(model, nominal_calibration(), settings.estimator, settings.quality)
         journal = Journal(state_dir, clock=clock)
@@ -247,15 +322,19 @@ def fault_column(plan: dict[str, Any], model: ModelEstimator) -> Iterator[Column
                       estimator=estimator, settings=settings, clock=clock, memory=C1Memory(state_dir),
                       journal=journal, state=StateStore(state_dir), session_start=None)
         watched.parts_ref.append(parts)
-        yield Column(twin, clock, watched, parts, state_dir)
+        yield Column(twin, clock, watched, parts, state_dir, disk, busy_file)
     finally:
+        if disk is not None and disk.broken:
+            disk.mend()
         if journal is not None:
             journal.close()
         with contextlib.suppress(Exception):
             inner.close()
         with contextlib.suppress(Exception):
             server.close()
-        shutil.rmtree(state_dir, ignore_errors=True)
+        if disk is not None:
+            disk.close()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # ---- the checks ---------------------------------------------------------------------------------------
@@ -281,7 +360,7 @@ class Judge:
         self.findings.append({"seed": self.seed, "kind": kind, "cycle": cycle, "what": what})
 
     def cycle(self, k: int, result: CycleResult | None, pre: dict[str, Any], events: list[dict[str, Any]],
-              entries: list[dict[str, Any]]) -> None:
+              entries: list[dict[str, Any]] | None) -> None:
         """Every invariant after cycle `k` (`entries`: the journal lines it wrote)."""
         self.checks += 1
         s = self.col.parts.settings.safety
@@ -293,7 +372,8 @@ class Judge:
         self._c1(k, result, pre, truth)
         self._doubtful(k, result, pre, events, s)
         self._verify(k, result, pre, moves, truth, s)
-        self._journal(k, moves, entries)
+        if entries is not None:  # None: the disk is still broken, checked once it is mended
+            self._journal(k, moves, entries)
 
     def _envelope(self, k: int, result: CycleResult, moves: list[dict[str, Any]], s: Any) -> None:
         limits = self.col.twin.limits()["aperture"]
@@ -314,27 +394,40 @@ class Judge:
                 start = result.position_before
                 if start is None or max(abs(t[0] - start[0]), abs(t[1] - start[1])) > s.max_step_units + 1e-9:
                     self.bad("envelope", k, f"correction {start} -> {t} exceeds max_step {s.max_step_units}")
-                elif s.rate_limit_units_per_hour:
-                    past = sum(d for when, d in self.moved if e["time"] - when < 3600.0)
-                    step = math.dist(start, t)
-                    slack = 1.0 * (len(self.moved) + 1)
-                    if past + step > s.rate_limit_units_per_hour + slack:
-                        self.bad("envelope", k, f"correction of {step:.1f} after {past:.1f} units moved in "
-                                 f"the last hour exceeds the rate limit {s.rate_limit_units_per_hour}")
             elif result.position_before is None or t != tuple(result.position_before):
                 self.bad("verify", k, f"rollback to {t}, not to the cycle's start {result.position_before}")
+            # Rollbacks count against the hour like corrections; the move back after a motor fault
+            # (the return to a known position, made regardless: decide.envelope.step_budget) does not.
+            if s.rate_limit_units_per_hour and not (i > 0 and result.reason == "motor_fault"):
+                past = sum(d for when, d in self.moved if e["time"] - when < 3600.0)
+                step = math.dist(e["origin_truth"], t)
+                slack = 1.0 * (len(self.moved) + 1)
+                if past + step > s.rate_limit_units_per_hour + slack:
+                    what = "correction" if i == 0 else "rollback"
+                    self.bad("envelope", k, f"{what} of {step:.1f} after {past:.1f} units moved in the "
+                             f"last hour (rollbacks included) exceeds the rate limit "
+                             f"{s.rate_limit_units_per_hour}")
             self.moved.append((e["time"], math.dist(e["origin_truth"], e["after_truth"])))
 
     def _c1(self, k: int, result: CycleResult, pre: dict[str, Any], truth: dict[str, Any]) -> None:
         now = float(truth["c1_setpoint"])
         held = self.col.parts.state.load("live").hold
-        record = self.col.parts.memory.exists()
+        record = self.col.parts.memory.exists() and not self._stale_record(now)
         if record and not (held is not None and "C1" in held):
             self.bad("c1", k, f"the C1 record {self.col.parts.memory.path} is left and the daemon is not in "
                      f"hold for it (hold {held!r}; outcome {result.outcome}/{result.reason})")
         if not same_c1(now, pre["c1"]) and not (record and result.reason == "c1_restore_failed"):
             self.bad("c1", k, f"C1 holds {now:.8g} after the cycle, {pre['c1']:.8g} before; outcome "
                      f"{result.outcome}/{result.reason}, record on disk: {record}")
+
+    def _stale_record(self, c1_now: float) -> bool:
+        """A record whose C1 is back (a read-only directory refused its removal): nothing is off;
+        the next wobble replaces it, the next start clears it."""
+        try:
+            found = self.col.parts.memory.load()
+        except Exception:
+            return False
+        return found is not None and same_c1(found.c1_before, c1_now)
 
     def _doubtful(self, k: int, result: CycleResult, pre: dict[str, Any], events: list[dict[str, Any]],
                   s: Any) -> None:
@@ -389,7 +482,8 @@ class Judge:
         if self.failures >= s.hold_after_failures and state.hold is None:
             self.bad("verify", k, f"{self.failures} failures in a row (limit {s.hold_after_failures}) "
                      f"and no hold (outcome {result.outcome}/{result.reason})")
-        if state.hold is not None and pre["state"].hold is None \
+        disk = state.hold is not None and "state directory could not be written" in state.hold
+        if state.hold is not None and pre["state"].hold is None and not disk \
                 and self.failures < s.hold_after_failures and result.reason not in HOLD_REASONS:
             self.bad("verify", k, f"hold ({state.hold}) after {self.failures} failures and reason "
                      f"{result.reason}")
@@ -414,6 +508,43 @@ class Judge:
             if e["kind"].startswith("hands."):
                 self.note("hands-on-false-alarm", k, f"{e['kind']}: {e}")
 
+    def interlock(self, k: int, trigger: Trigger, asked: str, pre_c1: float, events: list[dict[str, Any]]
+                  ) -> None:
+        """After a pause or the busy file came on: no frame, no move, C1 only set back."""
+        if trigger.fired_at is None or (trigger.action == "pause" and asked == "force"):
+            return
+        after = events[trigger.fired_at + 1:] if trigger.op != "start" else events
+        for e in after:
+            if e["op"] in ("acquire", "move") or (e["op"] == "set_c1" and not same_c1(e["value"], pre_c1)):
+                self.bad("interlock", k, f"{e['op']} {e.get('value', e.get('target', ''))} after the "
+                         f"{trigger.action} came on (at the {trigger.count}-th {trigger.op}, asked {asked})")
+                return
+
+    def disk_mended(self, k: int, moved: bool) -> None:
+        """The disk is back and a person cleared the hold: the daemon's record is its own."""
+        col = self.col
+        try:
+            fresh = StateStore(col.state_dir).load("live")
+            entries = read_journal(col.state_dir)
+        except Exception as error:
+            self.bad("disk", k, f"the state dir does not read after the disk was mended: {error}")
+            return
+        truth = col.twin.truth()
+        where = [round(v) for v in truth["aperture"]]
+        tol = col.parts.settings.safety.motor_tolerance_units * math.sqrt(2) + 1.0
+        if fresh.last_position is None and moved:
+            self.bad("disk", k, "the daemon moved the aperture but state.json has no last position")
+        elif fresh.last_position is not None and math.dist(fresh.last_position, where) > tol:
+            self.bad("disk", k, f"state.json says the daemon left the aperture at {fresh.last_position}, it "
+                     f"is at {where}: the next cycle would blame a person")
+        if fresh.last_c1 is not None and not same_c1(fresh.last_c1, float(truth["c1_setpoint"])):
+            self.bad("disk", k, f"state.json says C1 was left at {fresh.last_c1}, it is "
+                     f"{truth['c1_setpoint']}")
+        if col.parts.journal.backlog:
+            self.bad("disk", k, f"{col.parts.journal.backlog} journal entries still unwritten after the mend")
+        if _pending(entries):
+            self.bad("disk", k, f"intents pending after the disk was mended: {sorted(_pending(entries))}")
+
     def journal_whole(self) -> None:
         try:
             entries = read_journal(self.col.state_dir)
@@ -430,52 +561,151 @@ def _new_entries(col: Column, after_seq: int) -> list[dict[str, Any]]:
 
 
 def run_scenario(plan: dict[str, Any], model: ModelEstimator) -> dict[str, Any]:
-    """One scenario: offset, faults (some mid-session), cycles with clock advances, every check."""
+    """One scenario: offset, faults (some mid-session, some mid-cycle), cycles with clock advances,
+    every check."""
     t0 = time.perf_counter()
     outcomes: list[str] = []
+    not_run = unavailable() if any(m["action"] in DISK_ACTIONS for m in plan["midcycle"]) else None
+    if not_run is not None:  # the plan's disk events cannot run here: said in the result, not hidden
+        plan = {**plan, "midcycle": [m for m in plan["midcycle"] if m["action"] not in DISK_ACTIONS]}
+    fired: Counter[str] = Counter()
     with fault_column(plan, model) as col:
         judge = Judge(col, plan["seed"])
         col.twin.move_aperture(*[round(a + d) for a, d in zip(col.twin.truth()["aligned"], plan["offset"],
                                                               strict=True)])
         c1_start = float(col.twin.truth()["c1_setpoint"])
         parts = col.parts
+        mend_after: int | None = None
+        moved_while_broken = False
         for k in range(plan["cycles"]):
             for f in plan["faults"]:
                 if f["before_cycle"] == k:
                     col.twin.inject(f["kind"], **f["params"])
             for op in plan["operator"]:
                 if op["before_cycle"] == k:
-                    if op["action"] == "pause":
-                        parts.state.update(paused_until=math.inf, pause_reason="fault campaign: a person")
-                    else:
-                        parts.state.update(mode="dry-run")
+                    with _told_the_disk_is_full():
+                        if op["action"] == "pause":
+                            parts.state.update(paused_until=math.inf, pause_reason="fault campaign: a person")
+                        else:
+                            parts.state.update(mode="dry-run")
             state = parts.state.load(parts.settings.schedule.mode)
             pre = {"c1": float(col.twin.truth()["c1_setpoint"]), "state": state,
                    "paused": is_paused(state.paused_until, parts.wall())}
             col.watched.events = []
+            col.watched.triggers = [_trigger(col, m) for m in plan["midcycle"] if m["cycle"] == k]
+            for trigger in col.watched.triggers:
+                if trigger.op == "start":
+                    trigger.fired_at = -1
+                    trigger.fire()
             seq = parts.journal.last_seq
             result = None
             try:
-                result = run_cycle(parts, look=plan["looks"][k])
+                result = run_cycle(parts, look=plan["looks"][k], asked=plan["asked"])
                 outcomes.append(f"{result.outcome}/{result.reason}")
             except Exception as error:
                 outcomes.append("raised")
                 judge.bad("alive", k, f"run_cycle raised {type(error).__name__}: {error}")
-            try:
-                entries = _new_entries(col, seq)
-            except Exception as error:
-                judge.bad("journal", k, f"read_journal failed: {type(error).__name__}: {error}")
-                entries = []
+            fired.update(t.action for t in col.watched.triggers if t.fired_at is not None)
+            broke = [t for t in col.watched.triggers if t.action in DISK_ACTIONS and t.fired_at is not None]
+            if broke:
+                mend_after = k + next(m["lasts"] for m in plan["midcycle"]
+                                      if m["cycle"] == k and m["action"] in DISK_ACTIONS)
+            if col.disk is not None and col.disk.broken:
+                moved_while_broken |= any(e["op"] == "move" for e in col.watched.events)
+                if parts.state.unsaved and parts.state.load("live").hold is None:
+                    judge.bad("disk", k, "a state write failed and the daemon is not in hold")
+            broken = col.disk is not None and col.disk.broken is not None
             if pre["paused"] and any(e["op"] in ("set_c1", "move") for e in col.watched.events):
                 judge.bad("doubtful", k, "the lens or the aperture was commanded while paused")
+            entries = None if broken else _cycle_entries(col, seq, judge, k)
             judge.cycle(k, result, pre, col.watched.events, entries)
+            for trigger in col.watched.triggers:
+                if trigger.action in ("pause", "busy"):
+                    judge.interlock(k, trigger, plan["asked"], pre["c1"], col.watched.events)
+            if broken and mend_after == k:
+                assert col.disk is not None
+                col.disk.mend()
+                _person_clears_the_hold(parts, judge)
+                moves = [e for e in col.watched.events if e["op"] == "move"]
+                judge._journal(k, moves, _cycle_entries(col, seq, judge, k))
+                judge.disk_mended(k, moved_while_broken)
+                moved_while_broken = False
+            _after_the_exposure(col)
+            col.watched.triggers = []  # an event that did not strike in its cycle strikes no other
             col.clock.advance(plan["advance_s"][k])
+        if col.disk is not None and col.disk.broken is not None:
+            col.disk.mend()
+            _person_clears_the_hold(parts, judge)
+            judge.disk_mended(plan["cycles"], moved_while_broken)
         final = _finish(col, judge, c1_start)
         judge.journal_whole()
-    kinds = sorted({f["kind"] for f in plan["faults"]})
+    kinds = sorted({f["kind"] for f in plan["faults"]}
+                   | {f"midcycle:{m['action']}" for m in plan["midcycle"]})
     return {"seed": plan["seed"], "kinds": kinds, "outcomes": outcomes, "final": final,
             "violations": judge.violations, "findings": judge.findings, "checks": judge.checks,
+            "midcycle_fired": dict(fired), "not_run": not_run,
             "seconds": round(time.perf_counter() - t0, 3)}
+
+
+DISK_ACTIONS = ("full", "read-only")
+
+
+def _cycle_entries(col: Column, seq: int, judge: Judge, k: int) -> list[dict[str, Any]]:
+    """The journal entries of the cycle that started after `seq`, up to its cycle record."""
+    try:
+        entries = _new_entries(col, seq)
+    except Exception as error:
+        judge.bad("journal", k, f"read_journal failed: {type(error).__name__}: {error}")
+        return []
+    last = max((i for i, e in enumerate(entries) if e["kind"] == "cycle"), default=len(entries) - 1)
+    return entries[:last + 1]
+
+
+def _trigger(col: Column, event: dict[str, Any]) -> Trigger:
+    """The plan's mid-cycle `event` as a Trigger on the column."""
+    action = event["action"]
+
+    def fire() -> None:
+        if action in DISK_ACTIONS:
+            assert col.disk is not None
+            if col.disk.broken is None:
+                col.disk.break_(action)
+        elif action == "pause":  # as the control thread does it, through the same state
+            with _told_the_disk_is_full():
+                col.parts.state.update(paused_until=col.parts.wall() + 600.0, pause_reason="an exposure")
+        elif action == "busy":
+            assert col.busy_file is not None
+            col.busy_file.write_text("")
+        elif action == "jump":
+            col.twin.inject("jump", units=event["units"])
+
+    return Trigger(event["op"], event["count"], fire, action)
+
+
+def _told_the_disk_is_full() -> contextlib.AbstractContextManager[None]:
+    """A person's change while the disk is broken: the verb answers with the StateWriteError, and
+    the change holds in memory (record.state) until the disk takes it."""
+    return contextlib.suppress(StateWriteError)
+
+
+def _person_clears_the_hold(parts: Parts, judge: Judge) -> None:
+    """What `temalign hold clear` does (service.verbs: audited in the journal, hold lifted, the run
+    of failures reset), once a person has made room."""
+    if parts.state.load("live").hold is None:
+        return
+    parts.journal.append("control", verb="hold-clear", args={}, uid=os.getuid())
+    parts.state.update(hold=None)
+    parts.failure_count.success()
+    judge.failures = 0
+
+
+def _after_the_exposure(col: Column) -> None:
+    """The acquisition software's exposure is over: its pause lifted, its busy file gone."""
+    if any(t.action == "pause" and t.fired_at is not None for t in col.watched.triggers):
+        with _told_the_disk_is_full():
+            col.parts.state.update(paused_until=None, pause_reason=None)
+    if col.busy_file is not None:
+        col.busy_file.unlink(missing_ok=True)
 
 
 def _finish(col: Column, judge: Judge, c1_start: float) -> str:

@@ -87,9 +87,16 @@ def read_position(microscope: Microscope) -> Pair | None:
     return (int(where.x), int(where.y))
 
 
+Interlock = Callable[[], tuple[str, str] | None]
+"""A pause or the busy file that came on: (reason, sentence), or None (wobble/stack.py's too)."""
+
+
 def correct(mover: Mover, *, position: Pair, target: Pair, before: Measurement,
-            verify: Callable[[], Measurement], safety: SafetySettings) -> Acted:
-    """Move from `position` to `target`, read back, measure again with `verify`, keep or roll back."""
+            verify: Callable[[], Measurement], safety: SafetySettings,
+            interlock: Interlock = lambda: None) -> Acted:
+    """Move from `position` to `target`, read back, measure again with `verify`, keep or roll back.
+    `interlock` is asked again before a move back or a rollback: during an exposure the aperture
+    stays where it is (the next cycle measures it) rather than move under it."""
     try:
         read = mover.move("move", position, target)
     except ProtocolError as error:
@@ -99,7 +106,11 @@ def correct(mover: Mover, *, position: Pair, target: Pair, before: Measurement,
         why = f"commanded {target}, the motor reads {read}"
         now_at: Pair | None = read
         if math.dist(read, position) > safety.motor_tolerance_units:
-            note, now_at = _move_back(mover, read, position)
+            stop = interlock()
+            if stop is None:
+                note, now_at = _move_back(mover, read, position)
+            else:
+                note = f"; not moved back: {stop[1]}"
             why += note
         return Acted("error", MOTOR_FAULT, why, now_at, applied, failure="motor")
     try:
@@ -116,13 +127,17 @@ def correct(mover: Mover, *, position: Pair, target: Pair, before: Measurement,
     if m_after is None and after.model_delta is not None and finite(*after.model_delta):
         m_after = math.hypot(*after.model_delta)
     if m_after is None:
-        return roll_back(mover, position, read, f"the result could not be measured ({after.reason})", safety,
-                         applied, after)
-    if is_worse(m_before, m_after, safety):
-        return roll_back(mover, position, read, f"misalignment {m_before:.1f} -> {m_after:.1f} units: worse",
-                         safety, applied, after)
-    return Acted(CORRECTED, CORRECTED, f"misalignment {m_before:.1f} -> {m_after:.1f} units", read, applied,
-                 after)
+        why = f"the result could not be measured ({after.reason})"
+    elif is_worse(m_before, m_after, safety):
+        why = f"misalignment {m_before:.1f} -> {m_after:.1f} units: worse"
+    else:
+        return Acted(CORRECTED, CORRECTED, f"misalignment {m_before:.1f} -> {m_after:.1f} units", read,
+                     applied, after)
+    stop = interlock()
+    if stop is not None:
+        return Acted(INTERRUPTED, stop[0], f"{why}; not rolled back: {stop[1]} (the next cycle measures it)",
+                     read, applied, after)
+    return roll_back(mover, position, read, why, safety, applied, after)
 
 
 def roll_back(mover: Mover, origin: Pair, now_at: Pair, why: str, safety: SafetySettings,

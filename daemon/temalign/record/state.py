@@ -219,10 +219,13 @@ class StateStore:
                 self._save(state, mode_set=mode_set)
         except OSError as error:
             self._unsaved = (state, mode_set)
-            why = error.strerror or str(error)
-            raise StateWriteError(f"the state file {self.path} cannot be written ({why}); the daemon goes "
-                                  "on from the state in memory and writes it as soon as it can") from error
+            raise self._write_error(error) from error
         self._unsaved = None
+
+    def _write_error(self, error: OSError) -> StateWriteError:
+        why = error.strerror or str(error)
+        return StateWriteError(f"the state file {self.path} cannot be written ({why}); the daemon goes "
+                               "on from the state in memory and writes it as soon as it can")
 
     def _save(self, state: RunState, *, mode_set: bool) -> None:
         self.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
@@ -241,15 +244,21 @@ class StateStore:
         default: Mode = self._default_mode or "dry-run"
         with self._lock:
             found = self._unsaved
-            if found is None:
-                with self._file_lock():
+            try:
+                with self._file_lock():  # held from the read to the write: no update lost between processes
+                    if found is None:
+                        found = self._read(default)
+                    new, now_set, write = _changed(found, changes, default)
+                    if write or self._unsaved is not None:
+                        self._save(new, mode_set=now_set)
+                        self._unsaved = None
+                    return new
+            except OSError as error:  # the lock or the write refused (a full or read-only directory)
+                if found is None:
                     found = self._read(default)
-            current, mode_set = found if found is not None else (RunState(mode=default), False)
-            new = dataclasses.replace(current, **changes)
-            now_set = mode_set or "mode" in changes
-            if found is None or new != current or now_set != mode_set or self._unsaved is not None:
-                self._write(new, mode_set=now_set)
-            return new
+                new, now_set, _ = _changed(found, changes, default)
+                self._unsaved = (new, now_set)
+                raise self._write_error(error) from error
 
     @contextlib.contextmanager
     def _file_lock(self) -> Iterator[None]:
@@ -260,3 +269,12 @@ class StateStore:
             yield
         finally:
             os.close(fd)
+
+
+def _changed(found: tuple[RunState, bool] | None, changes: StateChanges, default: Mode
+             ) -> tuple[RunState, bool, bool]:
+    """The state after `changes`, whether its mode is now set, and whether it needs writing."""
+    current, mode_set = found if found is not None else (RunState(mode=default), False)
+    new = dataclasses.replace(current, **changes)
+    now_set = mode_set or "mode" in changes
+    return new, now_set, found is None or new != current or now_set != mode_set

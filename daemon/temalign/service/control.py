@@ -252,6 +252,8 @@ def request(path: Path, verb: str, args: JsonObject | None = None, timeout_s: fl
         try:
             sock.sendall((json.dumps({"verb": verb, "args": args or {}}) + "\n").encode("utf-8"))
             line = _read_line(sock)
+        except (ConnectionResetError, BrokenPipeError):
+            line = ""  # closed unread: the daemon went away or refused the connection
         except TimeoutError:
             raise ControlError(f"the daemon did not answer {verb!r} within {timeout_s:.0f} s") from None
         except (OSError, ValueError) as error:

@@ -67,6 +67,11 @@ instead of seven, and the spot's walk between them is the misalignment through t
 CHECK_STEPS_BOTH_ENDS = (0, 6)
 """When the frame at C1 as it is shows no spot (an 8-bit display whose stretch turns the focused
 spot's surroundings white, docs/wobble.md), the check takes both ends instead: two settles."""
+CHECK_MIN_CONTRAST = 6.0
+"""A check frame's spot counts only when its level stands this many noise sigmas above the
+background: two frames leave no residual to judge a marginal spot by (a focused spot half hidden by
+the display's stretch was found on one refresh in six, 1.5 units off), and when it cannot tell the
+full wobble follows."""
 LOOKS = ("full", "check")
 
 CHECKED = "check"
@@ -297,12 +302,15 @@ class _Cycle:
         op, stack = self._wobble("check", steps)
         try:
             spots = measure_stack(stack)
-            estimate = classical_estimate(stack, calibration, spots=spots, min_frames=len(steps))
+            clear = [spot.found and spot.level >= CHECK_MIN_CONTRAST * spot.noise for spot in spots]
+            estimate = classical_estimate(stack, calibration, usable=clear, spots=spots,
+                                          min_frames=len(steps))
         except ValueError as error:
-            spots, estimate = [], ClassicalEstimate(None, None, math.nan, 0, str(error))
+            spots, clear = [], []
+            estimate = ClassicalEstimate(None, None, math.nan, 0, str(error))
         self.p.journal.outcome(op, "wobble", ok=True, c1=stack.c1_before, delta=rounded_pair(estimate.delta),
                                reason=estimate.reason)
-        if steps == CHECK_STEPS and len(spots) == 2 and not spots[0].found and spots[1].found:
+        if steps == CHECK_STEPS and len(spots) == 2 and not clear[0] and clear[1]:
             self.p.check_steps = CHECK_STEPS_BOTH_ENDS
             self.p.journal.append("check.steps", steps=list(CHECK_STEPS_BOTH_ENDS),
                                   reason="the frame at C1 as it is shows no spot: later checks take both "
@@ -339,7 +347,8 @@ class _Cycle:
             return self.result("skipped", stop[0], f"{stop[1]}: the correction to {target} was not made")
         mover = Mover(self.p.microscope, self.p.journal, self.p.ledger, self.p.clock)
         acted: Acted = correct(mover, position=position, target=target, before=before,
-                               verify=lambda: self.measure("verify"), safety=self.s.safety)
+                               verify=lambda: self.measure("verify"), safety=self.s.safety,
+                               interlock=self.interlock)
         self.fields.update({"position_after": acted.position_after, "applied": acted.applied,
                             "after": acted.after})
         if acted.reason == C1_RESTORE_FAILED:
@@ -403,6 +412,20 @@ def run_cycle(parts: Parts, *, asked: column.Asked = "schedule", look: str = "fu
     with `estimator.use: model`, and when not live, the look is always full."""
     cycle = _Cycle(parts, asked, look)
     result = cycle.run()
-    with contextlib.suppress(JournalError):  # kept by the journal, written once the disk takes it
+    try:
         parts.journal.append("cycle", **result.to_json())
+    except JournalError as error:  # kept by the journal, written once the disk takes it
+        if result.reason != STATE_UNWRITABLE:
+            _hold_for_the_disk(parts, error)
     return result
+
+
+def _hold_for_the_disk(parts: Parts, error: JournalError) -> None:
+    """The cycle's own record did not reach the disk (everything before it did): the cycle stands
+    as it was, and the daemon goes to hold until a person has made room (docs/safety.md)."""
+    why = (f"the state directory could not be written at the end of a cycle ({error}); the record is "
+           "kept and written when the disk takes it: make room, then temalign hold clear")
+    with contextlib.suppress(StateWriteError):
+        parts.state.update(hold=why)
+    with contextlib.suppress(JournalError):
+        parts.journal.append("hold", reason=why)

@@ -17,8 +17,9 @@ from temalign.estimate.calibration import save_calibration
 from temalign.protocol.errors import ProtocolError
 from temalign.record.journal import Journal
 from temalign.record.state import StateChanges
+from temalign.service.calibrate import STEP_RANGE
 from temalign.service.calibrate import calibrate as measure_calibration
-from temalign.values import JsonObject, finite
+from temalign.values import JsonObject, finite, finite_float
 
 if TYPE_CHECKING:
     from temalign.service.daemon import Daemon
@@ -142,7 +143,11 @@ def reference_set(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
 
 def calibrate(daemon: Daemon, args: JsonObject, uid: int | None) -> Reply:
     """Measure and store the 2 x 2 calibration between cycles (never during one)."""
-    step_units = float(args.get("step_units", 60.0))
+    asked = args.get("step_units", 60.0)
+    step_units = finite_float(asked)
+    if step_units is None or not STEP_RANGE[0] <= step_units <= STEP_RANGE[1]:
+        raise ValueError(f"calibrate: step_units must be a number of units in [{STEP_RANGE[0]:g}, "
+                         f"{STEP_RANGE[1]:g}], got {asked!r}")
     s = daemon.settings
     with daemon.lock:
         op = daemon.journal.intent("calibration", step_units=step_units)

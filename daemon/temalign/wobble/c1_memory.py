@@ -72,8 +72,10 @@ class C1Memory:
 
     def begin(self, c1_before: float, values: list[float] | tuple[float, ...]) -> C1Record:
         """Write the record durably; refuses (PendingRecord) while an earlier one is still there,
-        since overwriting it would lose the value C1 must return to."""
-        if self.path.exists():
+        since overwriting it would lose the value C1 must return to. An earlier record whose value
+        C1 already holds is stale (C1 came back but the record could not be removed: a read-only
+        directory) and is replaced: nothing is lost."""
+        if self.path.exists() and not self._stale(c1_before):
             raise PendingRecord(
                 f"an earlier wobble left C1 unrestored (record {self.path}); nothing was changed. "
                 "The recovery at start (temalign wobble, or the daemon) puts C1 back first")
@@ -85,12 +87,24 @@ class C1Memory:
                                      "C1 was not changed") from error
         return record
 
+    def _stale(self, c1_now: float) -> bool:
+        try:
+            record = self.load()
+        except (CorruptRecord, OSError):
+            return False
+        return record is not None and same_c1(record.c1_before, c1_now, self.tolerance)
+
     def clear(self) -> None:
-        """Remove the record (C1 verified back) and make the removal durable."""
+        """Remove the record (C1 verified back) and make the removal durable. A directory that
+        refuses the removal is C1RecordUnwritable: C1 is back, the record stays (stale, replaced
+        by the next wobble or cleared at start) and the cycle goes to hold for the directory."""
         try:
             self.path.unlink()
         except FileNotFoundError:
             return
+        except OSError as error:
+            raise C1RecordUnwritable(f"C1 is back, but its record {self.path} could not be removed: "
+                                     f"{error.strerror or error}") from error
         fsync_dir(self.state_dir)
 
     def exists(self) -> bool:

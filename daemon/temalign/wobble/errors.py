@@ -25,8 +25,9 @@ class PendingRecord(WobbleError):
 
 
 class C1RecordUnwritable(WobbleError):
-    """The C1 record could not be written (a full or read-only state directory): C1 was not
-    changed, and no wobble can run until the directory takes writes again."""
+    """The C1 record could not be written or removed (a full or read-only state directory): C1 was
+    not changed, or is back (the message says which); no wobble runs until the directory takes
+    writes again."""
 
 
 class LensDidNotTake(WobbleError):
