@@ -24,7 +24,8 @@ def register(subparsers: Subparsers) -> None:
         help="serve a digital twin of the microscope (protocol v1 on TCP)",
         description="Serve a digital twin of the column: condenser aperture, C1 lens and camera over "
                     "protocol v1, plus twin.* methods (truth, clock, faults) for tests and benchmarks. "
-                    "Settings apply in order: defaults, --preset, --settings, --set.",
+                    "Settings apply in order: defaults, --preset, --optics/--column/--scene, --settings, "
+                    "--set.",
     )
     parser.add_argument("--port", type=int, default=DEFAULT_PORT,
                         help="TCP port (default %(default)s; 0: any free one)")
@@ -34,6 +35,7 @@ def register(subparsers: Subparsers) -> None:
                         help="twin seconds per wall second (default 1; 0: stepped, moved by twin.advance)")
     parser.add_argument("--preset", default="default", metavar="NAME",
                         help="named conditions (default, n14, n13, n10, n6, far, low-dose, large-aperture)")
+    add_optics_arguments(parser)
     parser.add_argument("--settings", type=Path, metavar="FILE.yaml", help="YAML of TwinSettings overrides")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         dest="assignments",
@@ -82,8 +84,52 @@ def _load_file(path: Path) -> JsonObject:
     return data
 
 
-def build_settings(preset_name: str, settings_file: Path | None, assignments: list[str]) -> TwinSettings:
-    """TwinSettings from defaults, a preset, a YAML file and --set overrides (in that order)."""
+def add_optics_arguments(parser: argparse.ArgumentParser) -> None:
+    """--optics, --column and --scene: the twin's optics, column and scene, for the twin and for
+    every tool that runs one (benchmarks, acquisition, the fault campaign)."""
+    from temalign_twin.columns import COLUMNS
+    from temalign_twin.scenes import SCENES
+
+    parser.add_argument("--optics", choices=("first-order", "traced"), default=None,
+                        help="how the disc is made: twin.md's first-order formulas (default; what "
+                             "conformance checks) or traced through a column's optics")
+    parser.add_argument("--column", metavar="NAME", default=None,
+                        help=f"the column traced optics trace ({', '.join(COLUMNS)}; default reference)")
+    parser.add_argument("--scene", metavar="NAME", default=None,
+                        help=f"what the beam passes through ({', '.join(SCENES)}; default specimen)")
+
+
+def optics_overrides(optics: str | None, column_name: str | None, scene_name: str | None = None
+                     ) -> JsonObject:
+    """The settings layer of --optics, --column and --scene; --column without traced optics is an
+    error (it only means something to them), and so is a column or scene that does not exist."""
+    from temalign_twin.columns import column
+    from temalign_twin.scenes import scene
+    from temalign_twin.settings import deep_merge
+
+    layer: JsonObject = {} if optics is None else {"optics": {"model": optics}}
+    if column_name is not None:
+        if optics != "traced":
+            raise ConfigError(f"--column {column_name} picks the column of the traced optics: "
+                              "add --optics traced")
+        try:
+            column(column_name)
+        except KeyError as error:
+            raise ConfigError(f"--column: {error.args[0]}") from None
+        layer = {"optics": {"model": "traced", "column": column_name}}
+    if scene_name is not None:
+        try:
+            layer = deep_merge(layer, scene(scene_name).overrides)
+        except KeyError as error:
+            raise ConfigError(f"--scene: {error.args[0]}") from None
+    return layer
+
+
+def build_settings(preset_name: str, settings_file: Path | None, assignments: list[str], *,
+                   optics: str | None = None, column_name: str | None = None,
+                   scene_name: str | None = None) -> TwinSettings:
+    """TwinSettings from defaults, a preset, --optics/--column/--scene, a YAML file and --set
+    overrides (in that order)."""
     from pydantic import ValidationError
 
     from temalign_twin.presets import preset
@@ -94,6 +140,9 @@ def build_settings(preset_name: str, settings_file: Path | None, assignments: li
     except KeyError as error:
         raise ConfigError(error.args[0]) from None
     layers = [("preset " + preset_name, chosen.overrides)]
+    choice = optics_overrides(optics, column_name, scene_name)
+    if choice:
+        layers.append(("--optics/--column/--scene", choice))
     if settings_file is not None:
         layers.append((str(settings_file), _load_file(settings_file)))
     layers += [(f"--set {a}", parse_assignment(a)) for a in assignments]
@@ -147,7 +196,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seed must be >= 0, got {args.seed}")
     if not args.time_scale >= 0 or args.time_scale == float("inf"):
         raise ConfigError(f"--time-scale must be >= 0 (0: stepped), got {args.time_scale}")
-    settings = build_settings(args.preset, args.settings, args.assignments)
+    settings = build_settings(args.preset, args.settings, args.assignments, optics=args.optics,
+                              column_name=args.column, scene_name=args.scene)
     position = _position(args.viewer_position)
     token = _token(args.token_file)
     seed = args.seed + PRESETS[args.preset].seed_offset
@@ -164,8 +214,11 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         host, port = server.address[:2]
-        print(f"temalign-twin listening on {host}:{port} (seed {seed}, time scale {args.time_scale:g})",
-              flush=True)
+        traced = (f", traced optics, column {settings.optics.column}"
+                  if settings.optics.model == "traced" else "")
+        scene = f", scene {args.scene}" if args.scene else ""
+        print(f"temalign-twin listening on {host}:{port} (seed {seed}, time scale {args.time_scale:g}"
+              f"{traced}{scene})", flush=True)
         if args.viewer:
             from temalign_twin.viewer import run_viewer
 

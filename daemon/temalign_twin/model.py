@@ -17,14 +17,24 @@ from temalign import optics
 from temalign.clock import Clock, SteppedClock
 from temalign.protocol.errors import InvalidParams, OutOfRange
 from temalign.values import JsonObject
+from temalign_twin.columns import column
 from temalign_twin.drift import DriftTrack
 from temalign_twin.faults import Fault, FaultBoard, parse_fault
 from temalign_twin.hardware import Lens, Motor
 from temalign_twin.render import Beam, Specimen, render_frame
 from temalign_twin.settings import TwinSettings
+from temalign_twin.traced import Fringes, TracedDisc, stigmation_of, trace
 
 STREAM_NOISE = 31
 STREAM_LIVE = 32
+
+
+def _trace(c: float, m: np.ndarray, shift: np.ndarray, settings: TwinSettings) -> TracedDisc:
+    """The traced disc of the settings' column for C1 at `c`, misalignment `m` and beam shift."""
+    col = column(settings.optics.column)
+    stigmation = stigmation_of(settings.optics.ellipticity, settings.optics.ellipse_angle_deg, col)
+    return trace(c, m, col, shift=shift, fringes=Fringes.of(settings.beam),
+                 pixel_fov=1.0 / settings.camera.width, stigmation=stigmation)
 
 
 class TwinError(ValueError):
@@ -154,9 +164,12 @@ class Twin:
             a = self._motor.position(t)
             c = self._lens.effective(t)
         m = a - self._drift.aligned(t)
+        electrons = 0.0 if blank else settings.beam.electrons_per_s * exposure
+        if settings.optics.model == "traced":
+            disc = _trace(c, m, self._drift.beam_shift(t), settings)
+            return Beam(disc.centroid, disc.equivalent_radius, electrons * disc.transmission, disc)
         c_f = settings.optics.c_f
         centre = optics.spot_centre(c, c_f, m, self._drift.beam_shift(t))
-        electrons = 0.0 if blank else settings.beam.electrons_per_s * exposure
         return Beam((float(centre[0]), float(centre[1])), optics.spot_radius(c, c_f), electrons)
 
     def aligned(self, t: float | None = None) -> np.ndarray:
@@ -186,15 +199,24 @@ class Twin:
         aligned = self._drift.aligned(t)
         shift = self._drift.beam_shift(t)
         c_f = settings.optics.c_f
-        centre = optics.spot_centre(c_eff, c_f, a - aligned, shift)
+        if settings.optics.model == "traced":
+            disc = _trace(c_eff, a - aligned, shift, settings)
+            spot: JsonObject = {"centre": list(disc.centroid), "radius": disc.equivalent_radius,
+                                "outline_centre": list(disc.outline_centre),
+                                "transmission": disc.transmission}
+        else:
+            centre = optics.spot_centre(c_eff, c_f, a - aligned, shift)
+            spot = {"centre": centre.tolist(), "radius": optics.spot_radius(c_eff, c_f)}
         truth.update({
             "aligned": aligned.tolist(),
             "misalignment": (a - aligned).tolist(),
             "beam_shift": shift.tolist(),
             "c_f": c_f,
-            "spot": {"centre": centre.tolist(), "radius": optics.spot_radius(c_eff, c_f)},
+            "spot": spot,
             "injected_jumps": [{"time": when, "units": d} for when, d in self._drift.injected()],
         })
+        if settings.optics.model == "traced":
+            truth["optics"] = {"model": "traced", "column": settings.optics.column}
         return truth
 
     def advance(self, seconds: float) -> float:

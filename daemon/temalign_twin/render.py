@@ -16,11 +16,16 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from temalign.optics import RADIUS_MIN, pixel_to_fov
+from temalign_twin.scenes import scene_transmission
 from temalign_twin.settings import TwinSettings
+
+if TYPE_CHECKING:
+    from temalign_twin.traced import TracedDisc
 
 STREAM_TEXTURE = 21
 STREAM_HOT = 22
@@ -40,11 +45,14 @@ def erf(x: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Beam:
     """What reaches the detector during one exposure: a disc of `radius` (FOV) centred at `centre`
-    (FOV) carrying `electrons` in total (0: beam blanked)."""
+    (FOV) carrying `electrons` in total (0: beam blanked). With traced optics `traced` is the disc
+    itself (its outline, brightness and blur; centre and radius are then its centroid and
+    equivalent radius) and the first-order disc is not drawn."""
 
     centre: tuple[float, float]
     radius: float
     electrons: float
+    traced: TracedDisc | None = None
 
 
 def edge_sigma(settings: TwinSettings, width: int) -> float:
@@ -80,6 +88,8 @@ def expected_electrons(beam: Beam, settings: TwinSettings, texture: np.ndarray |
 
     The profile is normalised to carry `electrons` over the whole plane (total current is
     conserved), so the mean intensity inside the disc goes as 1 / r^2."""
+    if beam.traced is not None:
+        return beam.traced.expected_electrons(beam.electrons, settings, texture)
     cam = settings.camera
     width, height = cam.width, cam.height
     sigma = edge_sigma(settings, width)
@@ -128,24 +138,29 @@ class Specimen:
 
     def __init__(self, seed: int) -> None:
         self._seed = seed
-        self._textures: dict[tuple[int, int, float, float], np.ndarray] = {}
+        self._textures: dict[tuple[int, int, float, float, str], np.ndarray | None] = {}
         self._hot: dict[tuple[int, int, float], np.ndarray] = {}
         self._lock = threading.Lock()
 
     def texture(self, settings: TwinSettings) -> np.ndarray | None:
-        """Transmission (mean 1) seen by each camera pixel, or None without a specimen."""
-        spec, cam = settings.specimen, settings.camera
-        if spec.texture_contrast <= 0.0:
-            return None
-        key = (cam.width, cam.height, spec.texture_contrast, spec.texture_scale_fov)
+        """Transmission seen by each camera pixel (the scene: the specimen texture of mean 1 by
+        default), or None with nothing in the beam."""
+        spec, cam, scene = settings.specimen, settings.camera, settings.scene
+        if scene.kind == "specimen":
+            contrast, scale = spec.texture_contrast, spec.texture_scale_fov
+        else:
+            contrast, scale = scene.specimen_contrast, scene.specimen_scale_fov
+        key = (cam.width, cam.height, contrast, scale, scene.model_dump_json())
         with self._lock:
-            found = self._textures.get(key)
-            if found is None:
-                found = _texture_field(self._seed, cam.width, cam.height, spec.texture_contrast,
-                                       spec.texture_scale_fov)
-                if len(self._textures) > 4:
-                    self._textures.clear()
-                self._textures[key] = found
+            if key in self._textures:
+                return self._textures[key]
+            textured = contrast > 0.0 and scene.kind in ("specimen", "specimen-edge", "holography")
+            field = (_texture_field(self._seed, cam.width, cam.height, contrast, scale)
+                     if textured else None)
+            found = scene_transmission(scene, cam.width, cam.height, self._seed, field)
+            if len(self._textures) > 4:
+                self._textures.clear()
+            self._textures[key] = found
         return found
 
     def hot_pixels(self, settings: TwinSettings) -> np.ndarray:

@@ -6,11 +6,12 @@ Presets (twin/presets.py) are partial dicts of these fields."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from temalign.values import JsonObject
+from temalign_twin.columns import COLUMNS, column
 
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 Pair = tuple[float, float]
@@ -30,13 +31,42 @@ class _Knobs(BaseModel):
 
 
 class OpticsSettings(_Knobs):
+    model: Literal["first-order", "traced"] = "first-order"
+    """How the disc is made: twin.md's first-order formulas (the default, what conformance checks)
+    or the traced optics of a column (temalign_twin/traced.py), which departs from them as a real
+    column does."""
+    column: str = "reference"
+    """The column (temalign_twin/columns.py) the traced optics trace; unused by first-order."""
     c_f: Annotated[float, Field(gt=0.1, lt=10.0)] = 1.2
-    """C1 value (lens units) that images the C1 crossover on the detector: the smallest spot."""
-    ellipticity: Annotated[float, Field(ge=0.0, le=0.3)] = 0.03
+    """C1 value (lens units) that images the C1 crossover on the detector: the smallest spot. With
+    traced optics it is the column's, whatever is given (the column fixes where C1 focuses)."""
+    ellipticity: Annotated[float, Field(ge=0.0, le=0.5)] = 0.03
     """Condenser astigmatism: the disc's semi-axes are r*k and r/k with k = sqrt((1 + e) / (1 - e))
-    (about r(1 + e) and r(1 - e)), the same area as the circle."""
+    (about r(1 + e) and r(1 - e)), the same area as the circle. First-order: every disc has that
+    shape. Traced: that is the disc at |g| = 1 on the strong side; the two axes focus at different
+    currents, with line foci between (holography's elliptical illumination: up to 0.5)."""
     ellipse_angle_deg: Annotated[float, Field(ge=-180.0, le=180.0)] = 25.0
-    """Direction of the disc's long axis, degrees from +x towards +y (y points down)."""
+    """Direction of the disc's long axis, degrees from +x towards +y (y points down); traced: on
+    the strong side at |g| = 1 (it turns with the Larmor rotation and by 90 deg past the foci)."""
+
+    @field_validator("column")
+    @classmethod
+    def _known_column(cls, value: str) -> str:
+        try:
+            column(value)
+        except KeyError as error:
+            raise ValueError(error.args[0]) from None
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _column_focus(cls, data: Any) -> Any:
+        """Traced optics focus where their column does: c_f follows the column."""
+        if isinstance(data, dict) and data.get("model") == "traced":
+            found = COLUMNS.get(str(data.get("column", "reference")))
+            if found is not None:
+                data = {**data, "c_f": found.c_f}
+        return data
 
 
 class BeamSettings(_Knobs):
@@ -77,6 +107,47 @@ class SpecimenSettings(_Knobs):
     """Rms contrast of the amorphous-carbon-like texture that multiplies the illumination (0: no specimen)."""
     texture_scale_fov: Annotated[float, Field(gt=0.0, le=0.2)] = 0.006
     """Correlation length of the texture, FOV (the sigma of the Gaussian that smooths white noise)."""
+
+
+class SceneSettings(_Knobs):
+    """What the beam passes through below the condenser system (temalign_twin/scenes.py): fixed
+    to the detector, multiplying the illumination. Angles from +x towards +y, distances in FOV
+    from the detector's centre."""
+
+    kind: Literal["specimen", "vacuum", "specimen-edge", "biprism", "holography"] = "specimen"
+    """specimen: the `specimen` texture everywhere (twin.md's); vacuum: nothing; specimen-edge:
+    half vacuum, half a strongly textured specimen; biprism: the wire's shadow; holography: both."""
+    edge_angle_deg: Annotated[float, Field(ge=-180.0, le=180.0)] = 10.0
+    """Direction of the specimen edge's normal, pointing into the specimen."""
+    edge_offset_fov: Annotated[float, Field(ge=-0.5, le=0.5)] = 0.03
+    """Distance of the edge from the centre along its normal (positive: less specimen)."""
+    edge_roughness_fov: Annotated[float, Field(ge=0.0, le=0.1)] = 0.012
+    """Rms waviness of the edge."""
+    specimen_transmission: Annotated[float, Field(ge=0.05, le=1.0)] = 0.55
+    """Mean fraction of the beam the specimen passes (holography specimens: 40 to 70 %)."""
+    specimen_contrast: Annotated[float, Field(ge=0.0, le=0.9)] = 0.35
+    """Rms contrast of the specimen's texture past the edge (strong, unlike the carbon film's)."""
+    specimen_scale_fov: Annotated[float, Field(gt=0.0, le=0.2)] = 0.01
+    """Correlation length of that texture."""
+    wire_angle_deg: Annotated[float, Field(ge=-180.0, le=180.0)] = 90.0
+    """Direction along the biprism wire (90: the wire runs along y)."""
+    wire_offset_fov: Annotated[float, Field(ge=-0.5, le=0.5)] = -0.04
+    """Distance of the wire's axis from the centre, along +x rotated by wire_angle_deg - 90."""
+    wire_width_fov: Annotated[float, Field(gt=0.0, le=0.2)] = 0.02
+    """Width of the wire's shadow."""
+    wire_shadow_transmission: Annotated[float, Field(ge=0.0, le=1.0)] = 0.03
+    """What is left in the shadow (electrons scattered back into the aperture)."""
+    wire_fringe_amplitude: Annotated[float, Field(ge=0.0, le=1.0)] = 0.4
+    """Relative brightness of the first Fresnel fringe outside each edge of the shadow."""
+    wire_fringe_period_fov: Annotated[float, Field(gt=0.0, le=0.1)] = 0.016
+    """Spacing of the first fringes outside the shadow's edge (later ones get closer)."""
+    hologram_fringe_contrast: Annotated[float, Field(ge=0.0, le=1.0)] = 0.3
+    """Contrast of the hologram's interference fringes around the wire, in the holography scene
+    (its wire is biased; the biprism scene's is not)."""
+    hologram_fringe_period_fov: Annotated[float, Field(gt=0.0, le=0.1)] = 0.016
+    """Their period."""
+    hologram_overlap_fov: Annotated[float, Field(ge=0.0, le=1.0)] = 0.16
+    """Width of the band, centred on the wire, where the two waves overlap."""
 
 
 class DisplaySettings(_Knobs):
@@ -150,6 +221,7 @@ class TwinSettings(_Knobs):
     beam: BeamSettings = Field(default_factory=BeamSettings)
     camera: CameraSettings = Field(default_factory=CameraSettings)
     specimen: SpecimenSettings = Field(default_factory=SpecimenSettings)
+    scene: SceneSettings = Field(default_factory=SceneSettings)
     display: DisplaySettings = Field(default_factory=DisplaySettings)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     motor: MotorSettings = Field(default_factory=MotorSettings)
@@ -157,15 +229,15 @@ class TwinSettings(_Knobs):
 
     def updated(self, overrides: JsonObject) -> TwinSettings:
         """These settings with a nested dict of overrides applied, validated as a whole."""
-        merged = _deep_merge(self.model_dump(), overrides)
+        merged = deep_merge(self.model_dump(), overrides)
         return TwinSettings.model_validate(merged)
 
 
-def _deep_merge(base: JsonObject, overrides: JsonObject) -> JsonObject:
+def deep_merge(base: JsonObject, overrides: JsonObject) -> JsonObject:
     out = dict(base)
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = value
     return out

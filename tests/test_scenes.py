@@ -1,0 +1,200 @@
+"""The scenes of a holography session (temalign_twin/scenes.py) and real condenser astigmatism in
+the traced optics: the wire's shadow where the settings put it, with bright fringes beside it; a
+specimen edge that passes 40 to 70 % with a strong texture beside vacuum; line foci between the
+wobble's extremes, at right angles, with a round disc between them. Each able to fail."""
+
+from __future__ import annotations
+
+import math
+import select
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from temalign import optics
+from temalign.clock import SteppedClock
+from temalign.optics import pixel_to_fov
+from temalign_twin.cli import build_settings
+from temalign_twin.columns import COLUMNS, REFERENCE
+from temalign_twin.model import Twin
+from temalign_twin.render import Specimen
+from temalign_twin.scenes import SCENES, scene_transmission
+from temalign_twin.settings import SceneSettings, TwinSettings
+from temalign_twin.traced import stigmation_of, trace
+
+PX = 256
+XS, YS = pixel_to_fov(np.arange(PX), np.arange(PX), PX, PX)
+
+
+def transmission_map(kind: str, **knobs: float) -> np.ndarray:
+    st = TwinSettings().updated({"scene": {"kind": kind, **knobs}})
+    found = Specimen(3).texture(st)
+    assert found is not None
+    return found
+
+
+@pytest.mark.parametrize("offset,angle", [(-0.04, 90.0), (0.1, 90.0), (0.05, 0.0)])
+def test_the_biprism_shadow_is_where_the_wire_is(offset: float, angle: float) -> None:
+    """A dark band of the wire's width, centred where the settings put it, nearly black, with a
+    first fringe brighter than vacuum just outside each edge."""
+    t = transmission_map("biprism", wire_offset_fov=offset, wire_angle_deg=angle, wire_width_fov=0.03)
+    profile = t.mean(axis=0) if angle == 90.0 else t.mean(axis=1)
+    coordinate = XS if angle == 90.0 else YS
+    # the offset is along the wire's direction turned by -90 deg: +x for a wire along y, -y for one along x
+    offset = offset if angle == 90.0 else -offset
+    dark = coordinate[profile < 0.5]
+    assert dark.mean() == pytest.approx(offset, abs=1.0 / PX)
+    assert dark.max() - dark.min() == pytest.approx(0.03, abs=2.0 / PX)
+    assert profile.min() < 0.1
+    beside = np.abs(np.abs(coordinate - offset) - 0.015) < 0.012
+    assert profile[beside].max() > 1.2
+    far = np.abs(coordinate - offset) > 0.2
+    assert profile[far] == pytest.approx(1.0, abs=0.02)
+
+
+def test_the_biprism_shadow_is_in_the_frames() -> None:
+    """The wire's shadow darkens a traced disc that it crosses, and only where it crosses."""
+    st = build_settings("default", None, ["camera.shot_noise=false", "camera.read_noise=0",
+                                          "camera.hot_pixel_fraction=0"],
+                        optics="traced", column_name="reference", scene_name="biprism")
+    twin = Twin(st, SteppedClock(), seed=1)
+    twin.set_c1(st.optics.c_f * 0.97)
+    twin.advance(3.0)
+    frame = twin.acquire().astype(float) - st.camera.dark_offset
+    row = frame[PX // 2]
+    wire = np.abs(XS - st.scene.wire_offset_fov) < 0.004
+    inside = (np.abs(XS) < 0.1) & ~(np.abs(XS - st.scene.wire_offset_fov) < 0.03)
+    assert row[wire].max() < 0.1 * np.median(row[inside])
+
+
+def test_a_specimen_edge_is_half_vacuum_half_textured_specimen() -> None:
+    scene = SceneSettings(kind="specimen-edge", edge_angle_deg=0.0, edge_offset_fov=0.0)
+    st = TwinSettings().updated({"scene": scene.model_dump()})
+    t = Specimen(5).texture(st)
+    assert t is not None
+    vacuum, specimen = t[:, XS < -0.1], t[:, XS > 0.1]
+    assert vacuum == pytest.approx(1.0, abs=1e-3)
+    assert 0.4 <= float(specimen.mean()) <= 0.7
+    assert float(specimen.std() / specimen.mean()) > 0.2  # strong texture, unlike the carbon film's 0.15
+    # the edge is rough: where it crosses each row differs by more than a pixel
+    crossing = [XS[np.argmax(row < 0.9)] for row in t]
+    assert np.ptp(crossing) > 2.0 / PX
+
+
+def test_holography_is_edge_wire_and_hologram_fringes() -> None:
+    t = transmission_map("holography")
+    st = SceneSettings(kind="holography")
+    band = np.abs(XS - st.wire_offset_fov) - st.wire_width_fov / 2
+    near = (band > 0.02) & (band < 0.06)
+    rows = t[:40]  # the top rows: vacuum side of the default edge
+    fringes = rows[:, near].mean(axis=0)
+    spectrum = np.abs(np.fft.rfft(fringes - fringes.mean()))
+    period_px = st.hologram_fringe_period_fov * PX
+    peak = int(np.argmax(spectrum[1:]) + 1)
+    assert len(fringes) / peak == pytest.approx(period_px, rel=0.25)
+    left_of_wire = st.wire_offset_fov > XS
+    assert t[:, left_of_wire].mean() > t[:, XS > 0.1].mean()  # specimen side is darker
+
+
+def test_vacuum_has_nothing_in_the_beam_and_specimen_is_the_default() -> None:
+    assert Specimen(1).texture(TwinSettings().updated({"scene": {"kind": "vacuum"}})) is None
+    default, named = TwinSettings(), build_settings("default", None, [], scene_name="specimen")
+    assert default == named
+    assert np.array_equal(Specimen(2).texture(default),
+                          scene_transmission(default.scene, PX, PX, 2, Specimen(2).texture(default)))
+
+
+# ---- astigmatism: line foci ----------------------------------------------------------------------
+
+
+def shape(c: float, e: float, angle: float = 25.0) -> tuple[float, float, float]:
+    """Semi-axes (FOV, long first) and the long axis's angle (deg, mod 180) of the traced beam's
+    intensity, from its second moments."""
+    disc = trace(c, (0.0, 0.0), REFERENCE, stigmation=stigmation_of(e, angle, REFERENCE))
+    mean, box = disc.expected_electrons(1.0, TwinSettings())
+    ys, xs = np.meshgrid(YS[box[0]], XS[box[1]], indexing="ij")
+    w = mean / mean.sum()
+    mx, my = float((w * xs).sum()), float((w * ys).sum())
+    cov = np.array([[(w * (xs - mx) ** 2).sum(), (w * (xs - mx) * (ys - my)).sum()],
+                    [(w * (xs - mx) * (ys - my)).sum(), (w * (ys - my) ** 2).sum()]])
+    values, vectors = np.linalg.eigh(cov)
+    long_axis = math.degrees(math.atan2(vectors[1, 1], vectors[0, 1])) % 180.0
+    return 2.0 * math.sqrt(values[1]), 2.0 * math.sqrt(values[0]), long_axis
+
+
+def axes_angle(a: float, b: float) -> float:
+    d = abs(a - b) % 180.0
+    return min(d, 180.0 - d)
+
+
+def test_astigmatism_has_two_line_foci_at_right_angles_inside_the_wobble() -> None:
+    """Ellipticity 0.5: the two axes focus at lambda = -+0.03 (u near -+1.5 %), so the wobble's
+    frames at -+1 and 2 % are lines, at right angles to each other; the middle frame is the round
+    circle of least confusion, not a spot; the extremes are ellipses of axis ratio about 3, with
+    the long axis where the setting puts it on the strong side."""
+    c_f = REFERENCE.c_f
+    frames = [shape(float(c), 0.5) for c in optics.wobble_values(c_f, 0.03)]
+    weak_line, strong_line = frames[1], frames[5]
+    assert weak_line[0] / weak_line[1] > 4.0 and strong_line[0] / strong_line[1] > 4.0
+    assert axes_angle(weak_line[2], strong_line[2]) == pytest.approx(90.0, abs=8.0)
+    middle = frames[3]
+    assert middle[0] / middle[1] < 1.2 and middle[0] > 0.05
+    strong = frames[6]
+    assert strong[0] / strong[1] == pytest.approx(3.0, rel=0.2)
+    assert axes_angle(strong[2], 25.0) < 5.0
+
+
+def test_without_astigmatism_no_frame_is_a_line() -> None:
+    for c in optics.wobble_values(REFERENCE.c_f, 0.03):
+        long, short, _ = shape(float(c), 0.0)
+        assert long / short < 1.3
+
+
+def test_the_stigmated_scene_is_ellipticity_half_and_traced_frames_show_it() -> None:
+    st = build_settings("default", None, ["camera.shot_noise=false", "camera.read_noise=0",
+                                          "camera.hot_pixel_fraction=0"],
+                        optics="traced", column_name="quarter-turn-mirrored", scene_name="stigmated")
+    assert st.optics.ellipticity == 0.5 and st.scene.kind == "vacuum"
+    twin = Twin(st, SteppedClock(), seed=1)
+    lines = []
+    for c in (st.optics.c_f * 0.985, st.optics.c_f * 1.015):
+        twin.set_c1(c)
+        twin.advance(3.0)
+        frame = twin.acquire().astype(float) - st.camera.dark_offset
+        mask = frame > 0.3 * frame.max()
+        ys, xs = np.nonzero(mask)
+        cov = np.cov(np.stack([xs, ys]).astype(float))
+        values = np.linalg.eigvalsh(cov)
+        lines.append(values[1] / max(values[0], 1e-9))
+    assert min(lines) > 16.0  # axis ratio over 4 at both line foci
+
+
+@pytest.mark.parametrize("name", list(SCENES))
+def test_cli_serves_every_scene(name: str) -> None:
+    from test_twin_service import Raw
+
+    proc = subprocess.Popen([sys.executable, "-m", "temalign", "twin", "--port", "0", "--time-scale", "0",
+                             "--optics", "traced", "--column", list(COLUMNS)[1], "--scene", name],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 20)
+        line = proc.stdout.readline() if ready and proc.stdout else ""
+        assert f"scene {name})" in line, line
+        raw = Raw(("127.0.0.1", int(line.split(":")[1].split()[0])))
+        raw.call("hello", client="test")
+        frame = raw.call("camera.acquire")
+        assert (frame["width"], frame["height"]) == (256, 256)
+        raw.close()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+
+
+def test_cli_rejects_an_unknown_scene_by_name() -> None:
+    proc = subprocess.run([sys.executable, "-m", "temalign", "twin", "--port", "0", "--scene", "fog"],
+                          capture_output=True, text=True, timeout=20)
+    assert proc.returncode == 2
+    assert "unknown scene 'fog'; known: specimen" in proc.stderr and "Traceback" not in proc.stderr
