@@ -572,6 +572,28 @@ def test_deeply_nested_json_gets_a_reply_and_no_traceback(tmp_path: Path,
         server.close()
 
 
+@pytest.mark.parametrize("opener,closer", [(b"[", b"]"), (b'{"a":', b"}")])
+def test_arguments_json_parses_but_nested_too_deep_are_refused_before_any_verb_sees_them(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, opener: bytes, closer: bytes) -> None:
+    """Found by the full fault campaign: 700 levels parse, but any recursive walk of them later
+    (here a copy, in the daemon a comparison) overflowed into an 'internal error' and a traceback."""
+    import copy
+
+    server = ControlServer(tmp_path / "c.sock", lambda verb, args, uid: copy.deepcopy(args))
+    server.start()
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(server.path))
+            s.sendall(b'{"verb": "status", "args": {"deep": ' + opener * 700 + b"1" + closer * 700 + b"}}\n")
+            reply = json.loads(s.makefile().readline())
+        assert reply == {"ok": False, "error": "bad request: nested deeper than 32 levels"}
+        assert "Traceback" not in caplog.text
+        shallow = {"deep": [[["fine"]]]}
+        assert request(server.path, "status", shallow) == shallow
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize("args", [{"for_s": {}}, {"for_s": "ten"}, {"for_s": -5}, {"for_s": math.inf},
                                   {"for_s": True}, {"reason": ["x"]}])
 def test_a_bad_pause_is_refused_naming_what_is_wrong(make_twin: Any, connect: Any, short_dir: Path,

@@ -32,6 +32,7 @@ import numpy as np
 
 from temalign.durable import atomic_write
 from temalign.errors import TemalignError
+from temalign_twin.cli import add_optics_arguments
 
 RUN_FILE = "run.json"
 PAPER_SETTLE_S = 2.0
@@ -76,6 +77,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="--twin: seed (the preset's offset is added; default 0)")
     parser.add_argument("--twin-set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="--twin: override one twin knob, e.g. camera.width=64 (repeatable)")
+    add_optics_arguments(parser)
     parser.add_argument("--token-file", type=Path, help="--microscope: file holding the server's token")
     parser.add_argument("--out", type=Path, metavar="FILE.npz", help="the dataset to write (required)")
     parser.add_argument("--radius", type=float, help="outermost spiral offset, motor units (default: the "
@@ -116,6 +118,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--out FILE.npz is required")
     if args.merge is None and args.microscope is None and args.twin is None:
         parser.error("say where to acquire: --microscope HOST:PORT or --twin PRESET (or --merge)")
+    if args.twin is None and (args.optics, args.column, args.scene) != (None, None, None):
+        parser.error("--optics, --column and --scene choose the twin's optics and scene: use with --twin")
     return args
 
 
@@ -384,7 +388,8 @@ def run_command(args: argparse.Namespace) -> int:
             from temalign_twin.model import Twin
             from temalign_twin.service import TwinServer
 
-            settings = build_settings(args.twin, None, args.twin_set)
+            settings = build_settings(args.twin, None, args.twin_set, optics=args.optics,
+                                      column_name=args.column, scene_name=args.scene)
             clock: Any = SteppedClock()
             twin = Twin(settings, clock, seed=args.seed + chosen.seed_offset)
             server = cleanup.enter_context(TwinServer(twin, host="127.0.0.1", port=0))
@@ -424,7 +429,9 @@ def run_command(args: argparse.Namespace) -> int:
                     "samples": samples, "revolutions": revolutions, "fraction": fraction,
                     "settle_s": args.settle_s, "exposure_s": args.exposure_s, "source": args.source,
                     "region": args.region, "seed": args.seed if chosen else None,
-                    "twin_set": sorted(args.twin_set) if chosen else None}
+                    "twin_set": sorted(args.twin_set) if chosen else None,
+                    **({"optics": args.optics, "column": args.column, "scene": args.scene}
+                       if chosen and (args.optics, args.column, args.scene) != (None, None, None) else {})}
         out: Path = args.out
         partial = out.with_name(out.name + ".partial")
         try:

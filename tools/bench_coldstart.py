@@ -4,6 +4,7 @@ position, each on a fresh column and a fresh daemon (its own seed), cycles until
 
     .venv/bin/python tools/bench_coldstart.py [--n 200 --radius 240] [--n-far 50 --radius-far 400]
         [--out bench-out] [--jobs 2] [--set safety.gain=1.0]
+        [--optics traced --column low-mag-mirrored --scene holography]
 
 Target: within 2 cycles in >= 99 % of the 240-unit starts, never a move outside the envelope.
 Writes coldstart.json (every start: seed, distance, cycles, outcomes) and coldstart.png."""
@@ -25,14 +26,17 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit.coldstart import MAX_CYCLES, cold_start
-from benchkit.session import parse_set
+from benchkit.session import parse_set, twin_choice
+
+from temalign_twin.cli import add_optics_arguments
 
 TARGET_WITHIN_2 = 0.99
 
 
-def _one(args: tuple[int, float, dict[str, Any]]) -> dict[str, Any]:
-    seed, radius, sets = args
-    record = cold_start(seed, radius, schedule=sets.get("schedule"), safety=sets.get("safety"))
+def _one(args: tuple[int, float, dict[str, Any], dict[str, Any]]) -> dict[str, Any]:
+    seed, radius, sets, twin = args
+    record = cold_start(seed, radius, schedule=sets.get("schedule"), safety=sets.get("safety"),
+                        twin_overrides=twin or None)
     if record["cycles"] is None or record["cycles"] > 2 or record["violations"]:
         print(f"radius {record['radius']:.0f} seed {record['seed']}: "
               f"start {record['start_units']:.0f} units, cycles {record['cycles']}, "
@@ -87,12 +91,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a safety or schedule setting (repeatable)")
     ap.add_argument("--no-plot", action="store_true")
+    add_optics_arguments(ap)
     args = ap.parse_args(argv)
     sets = parse_set(args.set)
+    twin = twin_choice(ap, args)
     if args.n < 1 or args.n_far < 0 or args.radius <= 0 or args.radius_far <= 0:
         ap.error("--n >= 1, --n-far >= 0, radii > 0")
-    plan = [(args.first_seed + i, args.radius, sets) for i in range(args.n)]
-    plan += [(args.first_seed + args.n + i, args.radius_far, sets) for i in range(args.n_far)]
+    plan = [(args.first_seed + i, args.radius, sets, twin) for i in range(args.n)]
+    plan += [(args.first_seed + args.n + i, args.radius_far, sets, twin) for i in range(args.n_far)]
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         records = list(pool.map(_one, plan, chunksize=4))
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "python": platform.python_version()},
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "overrides": sets, "target_within_2": TARGET_WITHIN_2,
+        "overrides": sets, "twin": twin, "target_within_2": TARGET_WITHIN_2,
         "meets": main_group["within_2"] >= TARGET_WITHIN_2
         and all(s["violations"] == 0 for s in summary.values()),
         "wall_s": round(elapsed, 1), "summary": summary, "starts": records,

@@ -4,10 +4,12 @@ side by side on the same drift, the real cycle and the real scheduling policy on
 
     .venv/bin/python tools/bench_session.py [--seeds 10] [--hours 12] [--out bench-out]
         [--strategies none,person,classical,model,combined] [--jobs 2] [--set safety.gain=1.0]
+        [--optics traced --column low-mag-mirrored --scene holography]
 
 Strategies: none (no correction); person (once an hour a person re-centres by eye: aligned
 position + N(0, 7) units per axis, 60 s of beam time each); classical, model (the daemon with
-`estimator.use` set so); combined (the daemon as shipped). Every session starts aligned. Writes
+`estimator.use` set so); combined (the daemon as shipped). Every session starts aligned; on
+traced optics the daemon first calibrates there (benchkit.harness). Writes
 session.json (per seed and strategy, median and worst over seeds, the targets) and two PNGs:
 misalignment over time for the first seed, and a per-strategy summary."""
 
@@ -28,9 +30,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit.session import STRATEGIES, check_accuracy, parse_set, run_session
+from benchkit.session import STRATEGIES, check_accuracy, parse_set, run_session, twin_choice
 
 from temalign.config.schema import SafetySettings
+from temalign_twin.cli import add_optics_arguments
 
 TARGETS = {"within_20_fraction": 0.98, "rms_units": 8.0, "disturbed_fraction": 0.03, "violations": 0}
 """Issue 5's targets for the combined daemon."""
@@ -38,10 +41,11 @@ WORST = {"within_20_fraction": min, "rms_units": max, "worst_units": max, "distu
          "wobbles": max, "checks": max, "corrections": max, "rollbacks": max, "cycles": max}
 
 
-def _one(args: tuple[int, str, float, dict[str, Any], bool]) -> dict[str, Any]:
-    seed, strategy, hours, sets, trace = args
+def _one(args: tuple[int, str, float, dict[str, Any], bool, dict[str, Any]]) -> dict[str, Any]:
+    seed, strategy, hours, sets, trace, twin = args
     return run_session(seed, strategy, hours=hours, schedule=sets.get("schedule"), safety=sets.get("safety"),
-                       keep_trace=trace, progress=lambda line: print(line, flush=True))
+                       keep_trace=trace, progress=lambda line: print(line, flush=True),
+                       twin_overrides=twin or None)
 
 
 def aggregate(records: list[dict[str, Any]], deadband: float) -> dict[str, dict[str, Any]]:
@@ -135,14 +139,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a safety or schedule setting (repeatable), e.g. for a before/after run")
     ap.add_argument("--no-plot", action="store_true")
+    add_optics_arguments(ap)
     args = ap.parse_args(argv)
+    twin = twin_choice(ap, args)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     unknown = [s for s in strategies if s not in STRATEGIES]
     if unknown or args.seeds < 1 or args.hours <= 0:
         ap.error(f"strategies from {STRATEGIES}, --seeds >= 1, --hours > 0 (got {unknown or ''})")
     sets = parse_set(args.set)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    jobs = [(seed, s, args.hours, sets, seed == seeds[0]) for seed in seeds for s in strategies]
+    jobs = [(seed, s, args.hours, sets, seed == seeds[0], twin) for seed in seeds for s in strategies]
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         records = list(pool.map(_one, jobs))
@@ -156,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "cpus": os.cpu_count(), "python": platform.python_version()},
         "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
-        "seeds": seeds, "hours": args.hours, "overrides": sets, "targets": TARGETS,
+        "seeds": seeds, "hours": args.hours, "overrides": sets, "twin": twin, "targets": TARGETS,
         "wall_s": round(elapsed, 1), "summary": summary, "plots": pngs,
         "sessions": [{k: v for k, v in r.items() if k != "trace"} for r in records],
     }

@@ -6,12 +6,18 @@ preprocessing, then LiteRT on one thread), as the daemon runs it; no Keras, no T
 
     .venv/bin/python tools/bench_shipped.py [--model daemon/temalign/models/wobble_physics.tflite]
         [--data data] [--n-ind 100] [--json bench-shipped.json] [--plot bench-shipped.png]
+    .venv/bin/python tools/bench_shipped.py --optics traced --column C --scene S [--n-twin 100]
 
 Sets: the twin's datasets in --data (labels = the twin's truth a* - a; N 13 and N 14 are the
 in-distribution sets, the others were never trained on), the twin's N 13 through the 8-bit display,
 and the independent renderer's four sets (trainkit.evaluation: its own edge, fringes, texture,
 ellipticity, contrast and camera sizes). Latency: p50 per 7 x 256 x 256 stack, preprocessing
-included and apart. Writes one JSON and a predicted-against-true PNG."""
+included and apart. Writes one JSON and a predicted-against-true PNG.
+
+With --optics, --column or --scene the sets are --n-twin stacks of that twin, taken through the
+daemon's own wobble and judged as the daemon judges them (benchkit.accuracy): the model re-mapped
+through the calibration the daemon measured on that column, the classical estimator, and what the
+agreement gate trusted. tools/bench_columns.py runs every column and scene so."""
 
 from __future__ import annotations
 
@@ -31,6 +37,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from trainkit import metrics as mt
 
 from temalign.estimate.model_estimator import ModelEstimator
+from temalign_twin.cli import add_optics_arguments
+
+SHIPPED = "daemon/temalign/models/wobble_physics.tflite"
 
 IN_DISTRIBUTION = ("n13", "n14")
 OTHER_TWIN = ("n6", "far", "low-dose", "large-aperture")
@@ -100,16 +109,35 @@ def plot(path: Path, results: dict[str, dict], title: str) -> None:
     plt.close(fig)
 
 
+def on_column(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """The shipped model and the classical estimator on one twin column and scene (module doc)."""
+    from benchkit.accuracy import column_accuracy
+    from benchkit.session import twin_choice
+
+    twin = twin_choice(parser, args)
+    result = column_accuracy(7, args.n_twin, 240.0, twin, model=Path(args.model))
+    for key, value in result.items():
+        print(f"{key:>24}: {value}")
+    report = {"model": args.model, "twin": twin, "machine": platform.platform(),
+              "date": time.strftime("%Y-%m-%d"), "result": result}
+    Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"-> {args.json}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="daemon/temalign/models/wobble_physics.tflite",
+    p.add_argument("--model", default=SHIPPED,
                    help="the .tflite, its card beside it (default: the shipped model, package data)")
     p.add_argument("--data", default="data", help="folder with make datasets' .npz files")
     p.add_argument("--n-twin", type=int, default=100, help="stacks of the twin's display set")
     p.add_argument("--n-ind", type=int, default=100, help="stacks per independent-renderer set")
     p.add_argument("--json", default="bench-shipped.json")
     p.add_argument("--plot", default="bench-shipped.png")
+    add_optics_arguments(p)
     args = p.parse_args(argv)
+    if (args.optics, args.column, args.scene) != (None, None, None):
+        return on_column(p, args)
     estimator = ModelEstimator(args.model)
     sets: dict[str, tuple] = {**dataset_sets(Path(args.data)), **generated_sets(args.n_twin, args.n_ind)}
     results: dict[str, dict] = {}

@@ -6,7 +6,11 @@ interlock during `once`, a read-only state dir). Writes a JSON result; exits 1 o
 
     python tools/fault_campaign.py --seed 0 --scenarios 1000 --kills 20 --daemon-rounds 3 \
         --out runs/faults.json
-    python tools/fault_campaign.py --replay 17   # one scenario again, by its seed, with its plan"""
+    python tools/fault_campaign.py --replay 17   # one scenario again, by its seed, with its plan
+    python tools/fault_campaign.py --scenarios 200 --kills 0 --optics traced --column C --scene S
+
+With --optics/--column/--scene the scenarios run on that twin, the daemon calibrated there once
+(the kill and daemon rounds test the process, not the optics: they stay on the default twin)."""
 
 from __future__ import annotations
 
@@ -26,12 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchkit.daemon_faults import daemon_campaign
 from benchkit.faults import (
     INVARIANTS,
+    TwinChoice,
     kill_campaign,
     load_model,
     plan_scenario,
     run_scenario,
     scenario_seed,
 )
+from benchkit.session import twin_choice
+
+from temalign_twin.cli import add_optics_arguments
 
 PROGRESS_EVERY = 50
 
@@ -70,17 +78,21 @@ def midcycle_summary(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run_campaign(seed: int, scenarios: int, kills: int, daemon_rounds: int = 0,
-                 progress: bool = True) -> dict[str, Any]:
-    """The whole campaign as one JSON-able result."""
+                 progress: bool = True, twin_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole campaign as one JSON-able result. `twin_overrides` (--optics, --column,
+    --scene) choose the scenarios' twin; the kill and daemon rounds test the process, not the
+    optics, and stay on the default twin."""
     def say(line: str) -> None:
         if progress:
             print(line, flush=True)
 
     model = load_model()
+    choice = TwinChoice.of(twin_overrides or {})
+    say(f"scenarios on {choice.overrides or 'the default twin'}, calibration {choice.calibration_note}")
     t0 = time.perf_counter()
     results = []
     for i in range(scenarios):
-        results.append(run_scenario(plan_scenario(scenario_seed(seed, i)), model))
+        results.append(run_scenario(plan_scenario(scenario_seed(seed, i)), model, choice))
         if (i + 1) % PROGRESS_EVERY == 0 or i + 1 == scenarios:
             bad = sum(len(r["violations"]) for r in results)
             say(f"{i + 1}/{scenarios} scenarios, {bad} violations, {time.perf_counter() - t0:.1f} s")
@@ -95,6 +107,7 @@ def run_campaign(seed: int, scenarios: int, kills: int, daemon_rounds: int = 0,
         "tool": "tools/fault_campaign.py", "seed": seed,
         "command": f"python tools/fault_campaign.py --seed {seed} --scenarios {scenarios} --kills {kills} "
                    f"--daemon-rounds {daemon_rounds}",
+        "twin": choice.overrides, "calibration": choice.calibration_note,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "python": platform.python_version(),
                     "cpus": os.cpu_count()},
@@ -114,6 +127,33 @@ def run_campaign(seed: int, scenarios: int, kills: int, daemon_rounds: int = 0,
     }
 
 
+REPORT_COLUMNS = ("corrected", "checked", "rolled_back", "error", "hold", "refused_doubtful_stack",
+                  "refused_limit", "within_deadband", "skipped", "dry_run")
+
+
+def report(result: dict[str, Any]) -> str:
+    """docs/reliability.md's tables from a campaign's JSON: cycle outcomes and violations per
+    fault kind, the final cycles, the mid-cycle strikes."""
+    head = ["fault kind", "scenarios", "cycles", *(c.replace("_", " ") for c in REPORT_COLUMNS), "other",
+            "violations"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for kind, row in sorted(result["per_kind"].items()):
+        counts = row["outcomes"]
+        shown = [counts.get(c, 0) for c in REPORT_COLUMNS]
+        total = sum(counts.values())
+        lines.append("| " + " | ".join(str(v) for v in (kind, row["scenarios"], total, *shown,
+                                                          total - sum(shown), row["violations"])) + " |")
+    final = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in result["final_cycle"].items())
+    mid = result["midcycle"]
+    planned = ", ".join(f"{k} {n}" for k, n in mid["scenarios"].items())
+    fired = ", ".join(f"{k} {n}" for k, n in mid["fired"].items())
+    return ("\n".join(lines) + f"\n\n{result['scenarios']} scenarios, {result['cycles_checked']} cycles "
+            f"checked, {len(result['violations'])} violations. Final cycle with the faults cleared: "
+            f"{final}.\n"
+            f"Mid-cycle strikes planned (scenarios): {planned}; fired (strikes): {fired}; "
+            f"{mid['rollbacks_at_the_rate_limit']} rollbacks in scenarios with a tight rate limit.\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,13 +167,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="rounds of every daemon-level fault against a real `temalign run` (default 0)")
     parser.add_argument("--out", type=Path, help="write the JSON result here (default: stdout)")
     parser.add_argument("--replay", type=int, metavar="SEED", help="run one scenario by its seed, print it")
+    parser.add_argument("--report", type=Path, metavar="RESULT.json",
+                        help="print the markdown tables of a campaign's JSON result, run nothing")
+    add_optics_arguments(parser)
     args = parser.parse_args(argv)
+    if args.report is not None:
+        print(report(json.loads(args.report.read_text())), end="")
+        return 0
+    overrides = twin_choice(parser, args)
     if args.replay is not None:
         plan = plan_scenario(args.replay)
-        result = run_scenario(plan, load_model())
+        result = run_scenario(plan, load_model(), TwinChoice.of(overrides))
         print(json.dumps({"plan": plan, "result": result}, indent=1, default=str))
         return 1 if result["violations"] else 0
-    result = run_campaign(args.seed, args.scenarios, args.kills, args.daemon_rounds)
+    result = run_campaign(args.seed, args.scenarios, args.kills, args.daemon_rounds, twin_overrides=overrides)
     text = json.dumps(result, indent=1, default=str)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -84,19 +84,24 @@ def _load_file(path: Path) -> JsonObject:
     return data
 
 
-def add_optics_arguments(parser: argparse.ArgumentParser) -> None:
+def add_optics_arguments(parser: argparse.ArgumentParser, *, optics: str | None = None,
+                         column: str | None = None, scene: str | None = None) -> None:
     """--optics, --column and --scene: the twin's optics, column and scene, for the twin and for
-    every tool that runs one (benchmarks, acquisition, the fault campaign)."""
+    every tool that runs one (benchmarks, acquisition, the fault campaign, the demo); the defaults
+    (None: the twin's own) are the caller's."""
     from temalign_twin.columns import COLUMNS
     from temalign_twin.scenes import SCENES
 
-    parser.add_argument("--optics", choices=("first-order", "traced"), default=None,
-                        help="how the disc is made: twin.md's first-order formulas (default; what "
-                             "conformance checks) or traced through a column's optics")
-    parser.add_argument("--column", metavar="NAME", default=None,
-                        help=f"the column traced optics trace ({', '.join(COLUMNS)}; default reference)")
-    parser.add_argument("--scene", metavar="NAME", default=None,
-                        help=f"what the beam passes through ({', '.join(SCENES)}; default specimen)")
+    parser.add_argument("--optics", choices=("first-order", "traced"), default=optics,
+                        help="how the disc is made: twin.md's first-order formulas (what conformance "
+                             "checks) or traced through a column's optics "
+                             f"(default {optics or 'first-order'})")
+    parser.add_argument("--column", metavar="NAME", default=column,
+                        help=f"the column traced optics trace ({', '.join(COLUMNS)}; default "
+                             f"{column or 'reference'})")
+    parser.add_argument("--scene", metavar="NAME", default=scene,
+                        help=f"what the beam passes through ({', '.join(SCENES)}; "
+                             f"default {scene or 'specimen'})")
 
 
 def optics_overrides(optics: str | None, column_name: str | None, scene_name: str | None = None

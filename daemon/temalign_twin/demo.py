@@ -1,12 +1,14 @@
 """`temalign demo`: a whole session of the daemon keeping a drifting column aligned, in a minute.
 
-A digital twin with the default drift (linear, random walk, rare jumps) runs in accelerated time
-and serves protocol v1 on a loopback port; the aperture starts well off the optic axis, as after
-a cold start. The demo calibrates the classical estimator as a person would, then starts the real
-daemon (scheduler, envelope, journal, metrics, control socket) against the twin over TCP. The
-demo is only the harness: it reads the twin's truth in-process to show what a microscopist would
-want to know (how far off the aperture really is, and how far off it would be had nobody touched
-it), which the daemon never sees. It ends with a summary, summary.json and session.png."""
+A digital twin with the default drift (linear, random walk, rare jumps) runs in accelerated time,
+by default on the traced optics of the reference column with a biprism wire in the beam (what a
+holography session looks like; --optics, --column and --scene choose others), and serves
+protocol v1 on a loopback port; the aperture starts well off the optic axis, as after a cold
+start. The demo calibrates the classical estimator as a person would, then starts the real daemon
+(scheduler, envelope, journal, metrics, control socket) against the twin over TCP. The demo is
+only the harness: it reads the twin's truth in-process to show what a microscopist would want to
+know (how far off the aperture really is, and how far off it would be had nobody touched it),
+which the daemon never sees. It ends with a summary, summary.json and session.png."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from temalign.errors import ConfigError, TemalignError
+from temalign_twin.cli import add_optics_arguments, optics_overrides
 
 if TYPE_CHECKING:
     from temalign.cli import Subparsers
@@ -69,6 +72,7 @@ def register(subparsers: Subparsers) -> None:
                         help="Prometheus metrics port on 127.0.0.1 (default %(default)s; 0: any free port)")
     parser.add_argument("--start-offset", type=float, default=180.0, metavar="UNITS",
                         help="how far off the aligned position the aperture starts (default %(default)g)")
+    add_optics_arguments(parser, optics="traced", column="reference", scene="biprism")
     parser.set_defaults(handler=run)
 
 
@@ -213,7 +217,8 @@ def _session(args: argparse.Namespace, session: Session) -> None:
     live = Live()
     clock = ScaledClock(args.scale)
     dx, dy = session.start_offset
-    twin = Twin(TwinSettings().updated({"motor": {"start_offset": [dx, dy]}}), clock, seed=args.seed)
+    chosen = TwinSettings().updated(optics_overrides(args.optics, args.column, args.scene))
+    twin = Twin(chosen.updated({"motor": {"start_offset": [dx, dy]}}), clock, seed=args.seed)
     start = twin.truth()
     session.start_aperture = (float(start["aperture"][0]), float(start["aperture"][1]))
     scratch = Path(tempfile.mkdtemp(prefix="ta-"))
@@ -225,6 +230,9 @@ def _session(args: argparse.Namespace, session: Session) -> None:
         host, port = server.address[:2]
         print(f"digital twin (seed {args.seed}) on {host}:{port}, {args.scale:g}x real time: "
               f"{args.hours:g} twin hours take about {args.hours * 3600 / args.scale:.0f} s plus computing")
+        optics = (f"traced optics of the {args.column} column" if twin.settings.optics.model == "traced"
+                  else "twin.md's first-order optics")
+        print(f"{optics}, scene {args.scene or 'specimen'}")
         print(f"drift of the optic axis: linear {tuple(twin.settings.drift.linear_per_hour)} units/h, random "
               f"walk {twin.settings.drift.random_walk_per_sqrt_hour:g} units/sqrt(h), jumps (gun flash) "
               f"{twin.settings.drift.jump_rate_per_hour:g}/h")

@@ -26,11 +26,13 @@ def start_offset(seed: int, radius: float) -> tuple[float, float]:
 
 
 def cold_start(seed: int, radius: float, *, schedule: dict[str, Any] | None = None,
-               safety: dict[str, Any] | None = None, max_cycles: int = MAX_CYCLES) -> dict[str, Any]:
+               safety: dict[str, Any] | None = None, max_cycles: int = MAX_CYCLES,
+               twin_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Cycles a fresh daemon needs to bring the column from a random start within `radius` to
-    |m| <= 20 (None when `max_cycles` were not enough), with what each cycle did."""
+    |m| <= 20 (None when `max_cycles` were not enough), with what each cycle did. With
+    `twin_overrides` (another column or scene) the daemon first calibrates there, aligned."""
     overrides = {"schedule": {**(schedule or {}), "mode": "live"}, "safety": safety or {}}
-    with sim_column(seed, overrides=overrides) as col:
+    with sim_column(seed, overrides=overrides, twin_overrides=twin_overrides) as col:
         dx, dy = start_offset(seed, radius)
         col.offset(dx, dy)
         m0 = col.misalignment()
@@ -51,4 +53,4 @@ def cold_start(seed: int, radius: float, *, schedule: dict[str, Any] | None = No
         entries = list(col.parts.journal.entries())
         violations = envelope_violations(entries, col.settings, col.parts.session_start or col.start_position)
     return {"seed": seed, "radius": radius, "start_units": round(m0, 2), "cycles": needed, "steps": steps,
-            "violations": violations}
+            "violations": violations, "calibration": col.notes.get("calibration", "nominal")}

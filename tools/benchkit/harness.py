@@ -26,6 +26,7 @@ from temalign.estimate.model_estimator import ModelEstimator
 from temalign.protocol.tcp_microscope import TcpMicroscope
 from temalign.record.journal import Journal
 from temalign.record.state import StateStore
+from temalign.service.calibrate import CalibrationError, calibrate
 from temalign.service.cycle import Parts
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.sources import CameraSource
@@ -84,9 +85,15 @@ def settings_for(address: tuple[str, int], state_dir: Path, overrides: dict[str,
 @contextlib.contextmanager
 def sim_column(seed: int, *, overrides: dict[str, Any] | None = None,
                twin_overrides: dict[str, Any] | None = None, calibration: Calibration | None = None,
-               model: Path = SHIPPED_MODEL) -> Iterator[SimColumn]:
+               model: Path = SHIPPED_MODEL, measure_calibration: bool | None = None) -> Iterator[SimColumn]:
     """A column for one run: the twin's default drift (seeded), live daemon settings with
-    `overrides` (section -> keys), the nominal calibration unless one is given."""
+    `overrides` (section -> keys) and twin settings with `twin_overrides`.
+
+    The calibration: the one given; else, where the column is not twin.md's first-order one
+    (traced optics) or when asked, the one the daemon's own `calibrate` measures there, aligned,
+    as a person would run it before the session (where it fails, the column runs uncalibrated, as
+    the daemon would, and `notes["calibration"]` says why); else the nominal one, exact for
+    twin.md's geometry."""
     clock = SteppedClock()
     twin_settings = TwinSettings().updated(twin_overrides) if twin_overrides else TwinSettings()
     twin = Twin(twin_settings, clock, seed=seed)
@@ -96,14 +103,22 @@ def sim_column(seed: int, *, overrides: dict[str, Any] | None = None,
     journal: Journal | None = None
     try:
         settings = settings_for(server.address[:2], state_dir, overrides)
+        measure = twin_settings.optics.model != "first-order" if measure_calibration is None \
+            else measure_calibration
         estimator = CombinedEstimator(ModelEstimator(model), calibration or nominal_calibration(),
                                       settings.estimator, settings.quality)
         journal = Journal(state_dir, clock=clock)
-        parts = Parts(microscope=microscope, source=CameraSource(microscope, EXPOSURE_S, clock),
-                      estimator=estimator, settings=settings, clock=clock, memory=C1Memory(state_dir),
-                      journal=journal, state=StateStore(state_dir), session_start=None)
+        source = CameraSource(microscope, EXPOSURE_S, clock)
+        memory = C1Memory(state_dir)
+        notes: dict[str, Any] = {}
+        if calibration is None and measure:
+            estimator.calibration, notes["calibration"] = _measured_calibration(
+                microscope, source, settings, clock, memory)
+        parts = Parts(microscope=microscope, source=source, estimator=estimator, settings=settings,
+                      clock=clock, memory=memory, journal=journal, state=StateStore(state_dir),
+                      session_start=None)
         start = tuple(int(v) for v in twin.truth()["aperture"])
-        yield SimColumn(twin, clock, server, microscope, state_dir, settings, parts, start)
+        yield SimColumn(twin, clock, server, microscope, state_dir, settings, parts, start, notes)
     finally:
         if journal is not None:
             journal.close()
@@ -112,3 +127,14 @@ def sim_column(seed: int, *, overrides: dict[str, Any] | None = None,
         with contextlib.suppress(Exception):
             server.close()
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def _measured_calibration(microscope: TcpMicroscope, source: CameraSource, settings: Settings,
+                          clock: SteppedClock, memory: C1Memory) -> tuple[Calibration | None, str]:
+    """The daemon's own calibration at the present (aligned) position, or None and why not."""
+    try:
+        measured = calibrate(microscope, source, wobble_settings=settings.wobble,
+                             quality_settings=settings.quality, clock=clock, memory=memory)
+    except CalibrationError as error:
+        return None, f"failed: {error}"
+    return measured, "measured"

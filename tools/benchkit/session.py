@@ -6,6 +6,7 @@ strategies meet the same drift (the twin's drift is a function of seed and twin 
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -69,6 +70,18 @@ def parse_set(items: list[str]) -> dict[str, dict[str, Any]]:
             raise SystemExit(f"--set {item!r}: expected safety.KEY=VALUE or schedule.KEY=VALUE")
         out.setdefault(section, {})[name] = yaml.safe_load(value)
     return out
+
+
+def twin_choice(parser: argparse.ArgumentParser, args: argparse.Namespace) -> dict[str, Any]:
+    """The twin settings layer of --optics, --column and --scene ({} for the default twin); a bad
+    choice is the parser's error, naming it."""
+    from temalign.errors import ConfigError
+    from temalign_twin.cli import optics_overrides
+
+    try:
+        return optics_overrides(args.optics, args.column, args.scene)
+    except ConfigError as error:
+        parser.error(str(error))
 
 
 def advance_until(col: SimColumn, t_end: float, step_s: float = STEP_S) -> None:
@@ -141,18 +154,21 @@ def summarise(times: list[float], values: list[float], t_end: float) -> dict[str
 
 def run_session(seed: int, strategy: str, *, hours: float = 12.0, schedule: dict[str, Any] | None = None,
                 safety: dict[str, Any] | None = None, keep_trace: bool = False,
-                progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """One session of `hours` twin hours for `strategy` on seed `seed`, starting aligned."""
+                progress: Callable[[str], None] | None = None,
+                twin_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One session of `hours` twin hours for `strategy` on seed `seed`, starting aligned (on
+    another column or scene, `twin_overrides`, calibrated there first)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
     overrides: dict[str, Any] = {"schedule": {**(schedule or {}), "mode": "live"}, "safety": safety or {}}
     if strategy in ESTIMATOR_USE:
         overrides["estimator"] = {"use": ESTIMATOR_USE[strategy]}
     t_end = hours * 3600.0
-    with sim_column(seed, overrides=overrides) as col:
+    with sim_column(seed, overrides=overrides, twin_overrides=twin_overrides) as col:
         sampler = Sampler(col)
         sampler.install()
-        record: dict[str, Any] = {"seed": seed, "strategy": strategy, "hours": hours}
+        record: dict[str, Any] = {"seed": seed, "strategy": strategy, "hours": hours,
+                                  "calibration": col.notes.get("calibration", "nominal")}
         if strategy == "none":
             advance_until(col, t_end)
         elif strategy == "person":

@@ -25,6 +25,8 @@ from temalign.values import JsonObject, jsonable
 
 log = logging.getLogger("temalign.control")
 MAX_REQUEST_BYTES = 64 * 1024
+MAX_ARGS_DEPTH = 32
+"""Nesting the arguments of a request may have; no verb takes more than two."""
 REQUEST_TIMEOUT_S = 30.0
 """How long a client may take to send its request line (the reply may take a cycle)."""
 Handler = Callable[[str, JsonObject, int | None], JsonObject]
@@ -173,8 +175,10 @@ class ControlServer:
             args = request.get("args") or {}
             if not isinstance(args, dict):
                 raise ValueError("args must be an object")
+            if nested_deeper_than(args, MAX_ARGS_DEPTH):
+                raise RecursionError
         except RecursionError:
-            _send(conn, {"ok": False, "error": "bad request: nested too deeply"})
+            _send(conn, {"ok": False, "error": f"bad request: nested deeper than {MAX_ARGS_DEPTH} levels"})
             return
         except ValueError as error:
             _send(conn, {"ok": False, "error": f"bad request: {error}"})
@@ -203,6 +207,19 @@ class ControlServer:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def nested_deeper_than(value: object, limit: int) -> bool:
+    """Whether a parsed JSON value nests lists or objects more than `limit` levels deep, found
+    without recursion: json.loads takes hundreds of levels that any recursive walk of the
+    arguments later (a comparison, a copy, a log line) would overflow on."""
+    level: list[object] = [value]
+    for _ in range(limit + 1):
+        level = [child for item in level if isinstance(item, dict | list)
+                 for child in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return False
+    return True
 
 
 def _read_line(conn: socket.socket) -> str:

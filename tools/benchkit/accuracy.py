@@ -1,0 +1,69 @@
+"""Offline accuracy on one column and scene, through the daemon's own parts: the stacks its wobble
+takes, the shipped model re-mapped through the calibration the daemon measured there, the
+classical estimator, and what the agreement gate makes of the two.
+
+Used by tools/bench_shipped.py (--optics/--column/--scene) and tools/bench_columns.py."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchkit.harness import SHIPPED_MODEL, sim_column
+from temalign.wobble.stack import wobble
+
+QUIET = {"drift": {"linear_per_hour": (0, 0), "random_walk_per_sqrt_hour": 0, "jump_rate_per_hour": 0,
+                   "beam_shift_linear_per_hour": (0, 0), "beam_shift_random_walk_per_sqrt_hour": 0}}
+"""No drift while a set is taken: the label is the truth at the stack."""
+RANGE_UNITS = 1000.0
+"""The paper's convention: errors in percent of 1000 units."""
+
+
+def _rmse_percent(errors: list[tuple[float, float]]) -> float | None:
+    if not errors:
+        return None
+    return float(np.sqrt(np.mean(np.square(errors))) / RANGE_UNITS * 100.0)
+
+
+def column_accuracy(seed: int, n: int, radius: float, twin_overrides: dict[str, Any], *,
+                    model: Path = SHIPPED_MODEL) -> dict[str, Any]:
+    """`n` stacks at misalignments uniform in the disc of `radius` units: the RMSE (% of 1000
+    units) of the re-mapped model and of the classical estimator over the stacks each answered,
+    how many each answered, how many the gate trusted (and its RMSE), and the reasons."""
+    twin = {**twin_overrides, "drift": QUIET["drift"]}
+    with sim_column(seed, twin_overrides=twin, model=model) as col:
+        estimator = col.parts.estimator
+        settings = col.settings
+        rng = np.random.default_rng([seed, 12])
+        model_err: list[tuple[float, float]] = []
+        classical_err: list[tuple[float, float]] = []
+        trusted_err: list[tuple[float, float]] = []
+        reasons: Counter[str] = Counter()
+        for _ in range(n):
+            r = radius * math.sqrt(float(rng.uniform()))
+            phi = float(rng.uniform(0.0, 2.0 * math.pi))
+            col.offset(r * math.cos(phi), r * math.sin(phi))
+            truth = -np.asarray(col.truth()["misalignment"], dtype=float)
+            stack = wobble(col.microscope, col.parts.source, fraction=settings.wobble.fraction,
+                           settle_s=settings.wobble.settle_s, clock=col.clock, memory=col.parts.memory,
+                           restore_attempts=settings.wobble.restore_attempts,
+                           saturation_abort_fraction=settings.quality.saturation_abort_fraction)
+            measured = estimator.measure(stack)
+            reasons[measured.reason] += 1
+            if measured.model_delta is not None and all(map(math.isfinite, measured.model_delta)):
+                model_err.append(tuple(np.subtract(measured.model_delta, truth)))
+            classical = measured.classical.delta if measured.classical is not None else None
+            if classical is not None:
+                classical_err.append(tuple(np.subtract(classical, truth)))
+            if measured.trusted and measured.delta is not None:
+                trusted_err.append(tuple(np.subtract(measured.delta, truth)))
+        calibration = col.notes.get("calibration", "nominal")
+    return {"stacks": n, "radius": radius, "calibration": calibration,
+            "model_rmse_percent": _rmse_percent(model_err), "model_answered": len(model_err),
+            "classical_rmse_percent": _rmse_percent(classical_err), "classical_answered": len(classical_err),
+            "trusted": len(trusted_err), "trusted_rmse_percent": _rmse_percent(trusted_err),
+            "reasons": dict(reasons.most_common())}
