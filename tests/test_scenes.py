@@ -198,3 +198,53 @@ def test_cli_rejects_an_unknown_scene_by_name() -> None:
                           capture_output=True, text=True, timeout=20)
     assert proc.returncode == 2
     assert "unknown scene 'fog'; known: specimen" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---- the spot measurement: a line focus is a beam, clutter is not ---------------------------------
+
+
+def _frame(mask: np.ndarray, level: float = 3000.0, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return 100.0 + rng.normal(0.0, 3.0, mask.shape) + level * mask
+
+
+def _line(length_px: float, width_px: float, angle_deg: float, centre: tuple[float, float] = (128.0, 128.0)
+          ) -> np.ndarray:
+    ii, jj = np.mgrid[0:PX, 0:PX].astype(float)
+    a = math.radians(angle_deg)
+    along = (jj - centre[0]) * math.cos(a) + (ii - centre[1]) * math.sin(a)
+    across = -(jj - centre[0]) * math.sin(a) + (ii - centre[1]) * math.cos(a)
+    return ((np.abs(along) <= length_px / 2) & (np.abs(across) <= width_px / 2)).astype(float)
+
+
+@pytest.mark.parametrize("angle", [0.0, 37.0, 90.0])
+def test_a_line_focus_is_measured_as_one_beam_at_its_centre(angle: float) -> None:
+    from temalign.estimate.spots import measure_spot
+
+    spot = measure_spot(_frame(_line(60.0, 4.0, angle, (140.0, 110.0))))
+    assert spot.found
+    x, y = pixel_to_fov(np.array([140.0]), np.array([110.0]), PX, PX)
+    assert spot.centre == pytest.approx((float(x[0]), float(y[0])), abs=0.5 / PX)
+
+
+def test_a_line_cut_by_a_wire_shadow_is_still_one_beam() -> None:
+    from temalign.estimate.spots import measure_spot
+
+    cut = _line(60.0, 4.0, 0.0) * (np.abs(np.arange(PX) - 120.0) > 3)[None, :]
+    assert measure_spot(_frame(cut)).found
+
+
+def test_two_spots_in_a_row_and_scattered_clutter_are_not_a_beam() -> None:
+    from temalign.estimate.spots import measure_spot
+
+    far_apart = _line(10.0, 4.0, 0.0, (90.0, 128.0)) + _line(10.0, 4.0, 0.0, (170.0, 128.0))
+    assert not measure_spot(_frame(far_apart)).found
+    # close enough that their moments pass for one ellipse: the gap along the line tells them apart
+    close = _line(10.0, 4.0, 0.0, (116.0, 128.0)) + _line(10.0, 4.0, 0.0, (140.0, 128.0))
+    assert not measure_spot(_frame(close)).found
+    rng = np.random.default_rng(3)
+    clutter = np.zeros((PX, PX))
+    for _ in range(12):
+        i, j = rng.integers(20, PX - 20, 2)
+        clutter[i:i + 2, j:j + 2] = 1.0
+    assert not measure_spot(_frame(clutter)).found

@@ -206,6 +206,7 @@ def _session(args: argparse.Namespace, session: Session) -> None:
     from temalign.clock import ScaledClock
     from temalign.config.schema import Settings
     from temalign.estimate.calibration import save_calibration
+    from temalign.estimate.model_estimator import open_model
     from temalign.protocol.tcp_microscope import TcpMicroscope
     from temalign.service.calibrate import calibrate
     from temalign.wobble.c1_memory import C1Memory
@@ -259,7 +260,7 @@ def _session(args: argparse.Namespace, session: Session) -> None:
         source = CameraSource(microscope, EXPOSURE_S, clock)
         cal = calibrate(microscope, source, wobble_settings=settings.wobble,
                         quality_settings=settings.quality, clock=clock, memory=C1Memory(state_dir),
-                        step_units=CAL_STEP_UNITS,
+                        step_units=CAL_STEP_UNITS, model=open_model(settings, "raw"),
                         progress=lambda text: print(f"  {text}", flush=True))
         save_calibration(state_dir, cal)
         session.calibration = "done"

@@ -113,7 +113,7 @@ def sim_column(seed: int, *, overrides: dict[str, Any] | None = None,
         notes: dict[str, Any] = {}
         if calibration is None and measure:
             estimator.calibration, notes["calibration"] = _measured_calibration(
-                microscope, source, settings, clock, memory)
+                microscope, source, settings, clock, memory, estimator.model)
         parts = Parts(microscope=microscope, source=source, estimator=estimator, settings=settings,
                       clock=clock, memory=memory, journal=journal, state=StateStore(state_dir),
                       session_start=None)
@@ -130,11 +130,13 @@ def sim_column(seed: int, *, overrides: dict[str, Any] | None = None,
 
 
 def _measured_calibration(microscope: TcpMicroscope, source: CameraSource, settings: Settings,
-                          clock: SteppedClock, memory: C1Memory) -> tuple[Calibration | None, str]:
-    """The daemon's own calibration at the present (aligned) position, or None and why not."""
+                          clock: SteppedClock, memory: C1Memory, model: ModelEstimator
+                          ) -> tuple[Calibration | None, str]:
+    """The daemon's own calibration at the present (aligned) position, the model's output
+    calibrated with it, or None and why not."""
     try:
         measured = calibrate(microscope, source, wobble_settings=settings.wobble,
-                             quality_settings=settings.quality, clock=clock, memory=memory)
+                             quality_settings=settings.quality, clock=clock, memory=memory, model=model)
     except CalibrationError as error:
         return None, f"failed: {error}"
     return measured, "measured"

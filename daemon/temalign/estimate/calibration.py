@@ -72,9 +72,22 @@ class Calibration:
     source: str
     residual_fov: float = 0.0
     settle_s: float | None = None
+    model_matrix: Matrix | None = None
+    """A: delta (motor units, this column) = A @ the model's own output, measured on the same
+    three wobbles from the model's answers and the known moves (None: not measured). It replaces
+    the remap of a twin-trained model's output through M, which is wrong wherever the model's
+    output does not scale with the walk (a model that reads the walk against the disc's size
+    does not see a column's magnification: the remap then divides by it)."""
+    model_fingerprint: str | None = None
+    """ModelEstimator.fingerprint of the model A was measured for; another model ignores A."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "matrix", _check_matrix(self.matrix))
+        if self.model_matrix is not None:
+            object.__setattr__(self, "model_matrix", _check_matrix(self.model_matrix))
+            if not isinstance(self.model_fingerprint, str) or not self.model_fingerprint:
+                raise ValueError("calibration model_fingerprint: a model_matrix needs the fingerprint of "
+                                 f"its model, got {self.model_fingerprint!r}")
         _number("wobble_fraction", self.wobble_fraction, positive=True)
         _number("c1", self.c1, positive=True)
         _number("residual_fov", self.residual_fov)
@@ -94,6 +107,11 @@ class Calibration:
                 f"says {settle_s:g} s: its walks do not hold for these wobbles; calibrate again "
                 "(temalign calibrate)")
 
+    @staticmethod
+    def checked_matrix(matrix: object) -> Matrix:
+        """`matrix` as a Matrix; ValueError when malformed, singular or ill-conditioned."""
+        return _check_matrix(matrix)
+
     @property
     def array(self) -> np.ndarray:
         return np.array(self.matrix, dtype=float)
@@ -101,7 +119,10 @@ class Calibration:
     def to_json(self) -> JsonObject:
         return {"matrix": [list(row) for row in self.matrix], "wobble_fraction": self.wobble_fraction,
                 "c1": self.c1, "measured_at": self.measured_at, "source": self.source,
-                "residual_fov": self.residual_fov, "settle_s": self.settle_s}
+                "residual_fov": self.residual_fov, "settle_s": self.settle_s,
+                **({} if self.model_matrix is None else {
+                    "model_matrix": [list(row) for row in self.model_matrix],
+                    "model_fingerprint": self.model_fingerprint})}
 
     @classmethod
     def from_json(cls, data: object) -> Calibration:
@@ -112,20 +133,25 @@ class Calibration:
         if missing:
             raise ValueError(f"calibration: missing field(s) {', '.join(missing)}")
         unknown = sorted(set(data) - {"matrix", "wobble_fraction", "c1", "measured_at", "source",
-                                      "residual_fov", "settle_s"})
+                                      "residual_fov", "settle_s", "model_matrix", "model_fingerprint"})
         if unknown:
             raise ValueError(f"calibration: unknown field(s) {', '.join(unknown)}")
-        matrix = data["matrix"]
-        if (not isinstance(matrix, list) or len(matrix) != 2
-                or not all(isinstance(row, list) and len(row) == 2 for row in matrix)):
-            raise ValueError(f"calibration matrix: expected [[a, b], [c, d]], got {matrix!r}")
-        for row in matrix:
-            for v in row:
-                _number("matrix", v)
-        return cls(matrix=(tuple(matrix[0]), tuple(matrix[1])),
+        model_matrix = data.get("model_matrix")
+        return cls(matrix=_parse_matrix("matrix", data["matrix"]),
                    wobble_fraction=data["wobble_fraction"], c1=data["c1"], measured_at=data["measured_at"],
                    source=data["source"], residual_fov=data.get("residual_fov", 0.0),
-                   settle_s=data.get("settle_s"))
+                   settle_s=data.get("settle_s"),
+                   model_matrix=None if model_matrix is None else _parse_matrix("model_matrix", model_matrix),
+                   model_fingerprint=data.get("model_fingerprint"))
+
+
+def _parse_matrix(name: str, matrix: object) -> Matrix:
+    """[[a, b], [c, d]] of finite numbers as a Matrix; ValueError naming the field."""
+    if (not isinstance(matrix, list) or len(matrix) != 2
+            or not all(isinstance(row, list) and len(row) == 2 for row in matrix)):
+        raise ValueError(f"calibration {name}: expected [[a, b], [c, d]], got {matrix!r}")
+    rows = [tuple(_number(name, v) for v in row) for row in matrix]
+    return ((rows[0][0], rows[0][1]), (rows[1][0], rows[1][1]))
 
 
 def save_calibration(state_dir: str | Path, calibration: Calibration) -> Path:

@@ -11,6 +11,8 @@ import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from temalign.config.schema import EstimatorSettings, QualitySettings
 from temalign.decide.stack import DOUBTFUL_STACK
 from temalign.decide.trust import MODEL_FAILED, ClassicalSays, Trust, agreement, model_verdict
@@ -72,6 +74,18 @@ class CombinedEstimator:
         """A twin-trained model speaks the twin's geometry and is re-mapped through the column's
         calibration; a model trained on a column's own data already speaks that column's."""
 
+    def in_column_units(self, model_delta: Vector, calibration: Calibration) -> Vector:
+        """The model's output as this column's delta: through the model matrix the calibration
+        measured for this very model, else (a twin-trained model) re-mapped through M, else as
+        it is (a model trained on this column's own data)."""
+        if calibration.model_matrix is not None and calibration.model_fingerprint == self.model.fingerprint:
+            a = np.array(calibration.model_matrix)
+            out = a @ np.asarray(model_delta, dtype=float)
+            return float(out[0]), float(out[1])
+        if self.remaps:
+            return remap(model_delta, self.basis, calibration)
+        return model_delta
+
     def measure(self, stack: WobbleStack) -> Measurement:
         """Estimate delta from one stack; never raises for a bad stack (it is a reason instead)."""
         quality = assess_stack(stack, self.quality_settings)
@@ -84,8 +98,8 @@ class CombinedEstimator:
             return Measurement(quality, None, None, None, 0.0, False, MODEL_FAILED, str(error))
         model_delta: Vector = estimate.delta
         times = {"preprocess_ms": estimate.preprocess_ms, "inference_ms": estimate.inference_ms}
-        if self.remaps and self.calibration is not None and finite(*model_delta):
-            model_delta = remap(model_delta, self.basis, self.calibration)
+        if self.calibration is not None and finite(*model_delta):
+            model_delta = self.in_column_units(model_delta, self.calibration)
         settings = self.settings
         verdict = model_verdict(model_delta, use=settings.use, calibrated=self.calibration is not None,
                                 without_calibration=settings.without_calibration)

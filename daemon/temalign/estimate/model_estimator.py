@@ -6,6 +6,7 @@ is missing, invalid or disagrees with the file, before anything is connected or 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -69,6 +70,14 @@ class ModelEstimator:
             raise ModelError(f"model {self.path}: outputs {self.lite.output_size} values, expected (dx, dy)")
         self.scale = np.asarray(self.card["output_scale"], dtype=np.float64)
         self.offset = np.asarray(self.card.get("output_offset") or [0.0, 0.0], dtype=np.float64)
+
+    @property
+    def fingerprint(self) -> str:
+        """The model file's SHA-256 (hex, first 16): what a calibration of this model's output is
+        tied to (another file, even of the same name, needs its own)."""
+        if not hasattr(self, "_fingerprint"):
+            self._fingerprint = hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+        return self._fingerprint
 
     @property
     def identity(self) -> dict[str, str]:

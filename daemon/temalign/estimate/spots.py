@@ -27,6 +27,9 @@ MIN_PIXELS = 4
 MAX_SCATTER = 2.0
 """A disc's second moment is area / (2 pi); a mask scattered more widely than this many times
 that is not a spot."""
+MAX_GAP_FRACTION = 0.25
+"""An elongated blob may be cut across (a biprism wire's shadow, hologram fringes) by gaps up to
+this fraction of its length and still be one beam."""
 _Z10, _Z30 = -1.2815516, -0.5244005  # standard normal quantiles at 10 % and 30 %
 
 
@@ -141,6 +144,34 @@ def _fit_circle(xs: np.ndarray, ys: np.ndarray) -> tuple[float, float, float] | 
     return float(cx + mx), float(cy + my), float(math.sqrt(r2))
 
 
+def _one_elongated_blob(wgt: np.ndarray, core: np.ndarray, cx: float, cy: float, area: float) -> bool:
+    """Whether a mask too spread out for a round disc is one elongated blob: a line focus or the
+    ellipse of astigmatic (stigmated) illumination, which is a beam, not clutter. An ellipse's
+    second-moment matrix has determinant (area / 4 pi)^2 at any aspect ratio, where scattered
+    noise has far more; and along its long axis the blob has no long gap (two spots in a row
+    would)."""
+    ii, jj = np.nonzero(wgt)
+    weights = wgt[ii, jj]
+    dx, dy = jj - cx, ii - cy
+    sxx = float((weights * dx * dx).sum()) / area
+    syy = float((weights * dy * dy).sum()) / area
+    sxy = float((weights * dx * dy).sum()) / area
+    det = sxx * syy - sxy * sxy
+    if not (det > 0.0 and 4.0 * math.pi * math.sqrt(det) <= MAX_SCATTER * area):
+        return False
+    angle = 0.5 * math.atan2(2.0 * sxy, sxx - syy)
+    ci, cj = np.nonzero(core)
+    along = np.floor((cj - cx) * math.cos(angle) + (ci - cy) * math.sin(angle)).astype(np.int64)
+    empty = np.bincount(along - along.min()) == 0
+    if not empty.any():
+        return True
+    # the longest run of empty rows across the long axis: a wire's shadow or fringes cut a beam
+    # by a few pixels, two separate spots leave a gap about as long as themselves
+    edges = np.diff(np.concatenate(([0], empty.astype(np.int8), [0])))
+    longest = int((np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)).max())
+    return bool(longest <= MAX_GAP_FRACTION * empty.size)
+
+
 def _not_found(background: float, noise: float) -> Spot:
     return Spot(False, (math.nan, math.nan), math.nan, 0.0, 0.0, 0.0, background, noise, 0.0)
 
@@ -221,7 +252,8 @@ def _measure(img: np.ndarray, k: int, shape: tuple[int, ...]) -> Spot:
     edge_rows = core[0].any() or core[-1].any()
     edge_cols = core[:, 0].any() or core[:, -1].any()
     truncated = bool(edge_rows or edge_cols)
-    if not truncated and 2.0 * math.pi * spread2 > MAX_SCATTER * area:
+    if not truncated and 2.0 * math.pi * spread2 > MAX_SCATTER * area \
+            and not _one_elongated_blob(wgt, core, cx, cy, area):
         return _not_found(background, noise)  # not one blob: noise or clutter passed the threshold
     if truncated:
         boundary = (core & _shift_any(~core)) | (~core & _shift_any(core))

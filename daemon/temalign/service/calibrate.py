@@ -17,7 +17,8 @@ import numpy as np
 from temalign.clock import Clock
 from temalign.config.schema import QualitySettings, WobbleSettings
 from temalign.errors import TemalignError
-from temalign.estimate.calibration import Calibration
+from temalign.estimate.calibration import Calibration, Matrix
+from temalign.estimate.model_estimator import ModelError, ModelEstimator
 from temalign.estimate.quality import assess_stack
 from temalign.estimate.walk import Walk, fit_walk
 from temalign.microscope import Microscope, Position
@@ -69,7 +70,8 @@ def _return(microscope: Microscope, start: Position, clock: Clock) -> str | None
 
 def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: WobbleSettings,
               quality_settings: QualitySettings, clock: Clock, memory: C1Memory, step_units: float = 60.0,
-              progress: Callable[[str], None] | None = None) -> Calibration:
+              progress: Callable[[str], None] | None = None, model: ModelEstimator | None = None
+              ) -> Calibration:
     """Measure M at the present aperture position and C1 (see module doc). Refuses (CalibrationError)
     on a doubtful stack, a walk that does not fit a line, a motor that does not reach its target
     or an ill-conditioned matrix. The aperture ends where it started in every case; if it cannot be
@@ -82,6 +84,8 @@ def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: W
     start = microscope.aperture()
     c0 = microscope.c1()
     say(f"calibration at aperture ({start.x}, {start.y}), C1 = {c0:.6g}, steps of {step} units")
+
+    answers: list[tuple[float, float] | None] = []
 
     def measure(label: str) -> Walk:
         stack = wobble(microscope, source, fraction=wobble_settings.fraction,
@@ -99,6 +103,7 @@ def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: W
                                    f"256 px) from their fitted walk, above {MAX_RESIDUAL_FOV * 256:.0f} px")
         say(f"wobble {label}: walk ({walk.slope[0]:+.4f}, {walk.slope[1]:+.4f}) FOV per unit rho, "
             f"residual {walk.residual_fov * 256:.2f} px")
+        answers.append(_model_answer(model, stack.images))
         return walk
 
     walks: list[Walk] = []
@@ -134,15 +139,51 @@ def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: W
         raise CalibrationError(f"the two moves {displacements[0].tolist()} and {displacements[1].tolist()} "
                                "are not independent; the motor does not move as commanded")
     matrix = walk_change @ np.linalg.inv(moves)
+    model_matrix, why_not = _model_matrix(answers, moves) if model is not None else (None, None)
+    if why_not is not None:
+        say(f"the model's output is not calibrated ({why_not}): it is re-mapped through M instead")
     try:
         calibration = Calibration(matrix=matrix.tolist(), wobble_fraction=wobble_settings.fraction,
                                   c1=c0, measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
                                   source="measured", residual_fov=max(w.residual_fov for w in walks),
-                                  settle_s=wobble_settings.settle_s)
+                                  settle_s=wobble_settings.settle_s, model_matrix=model_matrix,
+                                  model_fingerprint=None if model_matrix is None or model is None
+                                  else model.fingerprint)
     except ValueError as error:
         raise CalibrationError(f"refused: {error}") from error
     scale = math.sqrt(abs(np.linalg.det(matrix)))
     angle = math.degrees(math.atan2(matrix[1, 0] - matrix[0, 1], matrix[0, 0] + matrix[1, 1]))
     say(f"calibration: |M| = {scale:.5f} FOV per unit rho per motor unit, rotation {angle:+.1f} deg, "
         f"{'mirrored' if np.linalg.det(matrix) < 0 else 'not mirrored'}")
+    if calibration.model_matrix is not None:
+        a = np.array(calibration.model_matrix)
+        say(f"the model's output: scale {math.sqrt(abs(np.linalg.det(a))):.3f}, "
+            f"{'mirrored' if np.linalg.det(a) < 0 else 'not mirrored'} on this column")
     return calibration
+
+
+def _model_answer(model: ModelEstimator | None, images: np.ndarray) -> tuple[float, float] | None:
+    """The model's own output for one calibration stack (None: no model, or it could not say)."""
+    if model is None:
+        return None
+    try:
+        delta = model.predict(images).delta
+    except (ValueError, ModelError):
+        return None
+    return delta if all(map(math.isfinite, delta)) else None
+
+
+def _model_matrix(answers: list[tuple[float, float] | None], moves: np.ndarray
+                  ) -> tuple[Matrix | None, str | None]:
+    """A with A @ (answer after a move - answer at the start) = -(the move) for both moves
+    (delta = a* - a falls by what the aperture moved), or None and why not."""
+    if len(answers) != 3 or any(a is None for a in answers):
+        return None, "the model gave no answer on a calibration stack"
+    start, after_x, after_y = (np.asarray(a, dtype=float) for a in answers)
+    changes = np.column_stack([after_x - start, after_y - start])
+    if abs(np.linalg.det(changes)) < 1e-9 * max(float(np.abs(changes).max()), 1e-12) ** 2:
+        return None, "its answers did not change with the moves"
+    try:
+        return Calibration.checked_matrix(-moves @ np.linalg.inv(changes)), None
+    except ValueError as error:
+        return None, str(error)

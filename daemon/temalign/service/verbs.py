@@ -154,7 +154,7 @@ def calibrate(daemon: Daemon, args: JsonObject, uid: int | None) -> Reply:
         try:
             cal = measure_calibration(daemon.microscope, daemon.parts.source, wobble_settings=s.wobble,
                                       quality_settings=s.quality, clock=daemon.clock, memory=daemon.memory,
-                                      step_units=step_units)
+                                      step_units=step_units, model=daemon.estimator.model)
         except (TemalignError, ProtocolError) as error:
             daemon.journal.outcome(op, "calibration", ok=False, error=str(error))
             _remember_position(daemon)
