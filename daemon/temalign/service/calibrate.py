@@ -17,7 +17,7 @@ import numpy as np
 from temalign.clock import Clock
 from temalign.config.schema import QualitySettings, WobbleSettings
 from temalign.errors import TemalignError
-from temalign.estimate.calibration import Calibration, Matrix
+from temalign.estimate.calibration import Calibration, Matrix, nominal_calibration
 from temalign.estimate.model_estimator import ModelError, ModelEstimator
 from temalign.estimate.quality import assess_stack
 from temalign.estimate.walk import Walk, fit_walk
@@ -31,6 +31,9 @@ MOTOR_TOLERANCE_UNITS = 5.0
 MAX_RESIDUAL_FOV = 3.0 / 256
 """A walk that strays more than 3 px (at 256 px) rms from its fit is not a clean measurement."""
 STEP_RANGE = (10.0, 500.0)
+MAX_MODEL_MISFIT = 0.25
+"""The model's answers on the calibration wobbles must follow the known moves this well (relative)
+for its output to be calibrated; else it is re-mapped through M as before."""
 RETURN_ATTEMPTS = 3
 RETURN_BACKOFF_S = 0.5
 
@@ -139,7 +142,7 @@ def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: W
         raise CalibrationError(f"the two moves {displacements[0].tolist()} and {displacements[1].tolist()} "
                                "are not independent; the motor does not move as commanded")
     matrix = walk_change @ np.linalg.inv(moves)
-    model_matrix, why_not = _model_matrix(answers, moves) if model is not None else (None, None)
+    model_matrix, why_not = (None, None) if model is None else _model_matrix(answers, moves, matrix, model)
     if why_not is not None:
         say(f"the model's output is not calibrated ({why_not}): it is re-mapped through M instead")
     try:
@@ -173,17 +176,33 @@ def _model_answer(model: ModelEstimator | None, images: np.ndarray) -> tuple[flo
     return delta if all(map(math.isfinite, delta)) else None
 
 
-def _model_matrix(answers: list[tuple[float, float] | None], moves: np.ndarray
-                  ) -> tuple[Matrix | None, str | None]:
-    """A with A @ (answer after a move - answer at the start) = -(the move) for both moves
-    (delta = a* - a falls by what the aperture moved), or None and why not."""
+def _model_matrix(answers: list[tuple[float, float] | None], moves: np.ndarray, matrix: np.ndarray,
+                  model: ModelEstimator) -> tuple[Matrix | None, str | None]:
+    """A = s R: R the geometry the model's output needs on this column (a twin-trained model's
+    remap through M: the rotation and the mirror), s the one scale the remap misses, fitted so
+    that A @ (answer after a move - answer at the start) = -(the move) for both moves (delta =
+    a* - a falls by what the aperture moved). One parameter, not four: two 60-unit moves read by
+    a model with a scene in the beam are not enough to measure a whole matrix well. None, and why,
+    when the model's answers do not follow the moves."""
     if len(answers) != 3 or any(a is None for a in answers):
         return None, "the model gave no answer on a calibration stack"
     start, after_x, after_y = (np.asarray(a, dtype=float) for a in answers)
     changes = np.column_stack([after_x - start, after_y - start])
-    if abs(np.linalg.det(changes)) < 1e-9 * max(float(np.abs(changes).max()), 1e-12) ** 2:
+    if model.card.get("geometry", "twin") == "twin":
+        basis = nominal_calibration(float(model.card["c0_over_cf"]), float(model.card["wobble_fraction"]))
+        geometry = np.linalg.solve(matrix, basis.array)
+    else:
+        geometry = np.eye(2)
+    mapped = geometry @ changes
+    power = float(np.sum(mapped * mapped))
+    if not power > 0.0:
         return None, "its answers did not change with the moves"
+    scale = -float(np.sum(mapped * moves)) / power
+    misfit = float(np.linalg.norm(scale * mapped + moves) / np.linalg.norm(moves))
+    if not (scale > 0.0 and misfit <= MAX_MODEL_MISFIT):
+        return None, (f"its answers follow the moves only to {100 * misfit:.0f} % (scale {scale:.3g}), "
+                      f"more than {100 * MAX_MODEL_MISFIT:.0f} %")
     try:
-        return Calibration.checked_matrix(-moves @ np.linalg.inv(changes)), None
+        return Calibration.checked_matrix(scale * geometry), None
     except ValueError as error:
         return None, str(error)
