@@ -29,12 +29,11 @@ def test_the_reference_column_is_calibrated_and_judged_through_the_daemons_gates
 
 
 def test_a_failed_calibration_is_reported_not_replaced_by_the_nominal_one() -> None:
-    """A perfectly round beam from the coherent source of the low-magnification column saturates
-    at focus, and the daemon's calibration refuses that stack today (its signal looks lost); the
-    benchmark must say so (and run uncalibrated, as the daemon would), not quietly use twin.md's
-    nominal calibration."""
-    round_coherent = {"optics": {"model": "traced", "column": "low-mag-mirrored", "ellipticity": 0.0}}
-    record = cold_start(5, 150.0, twin_overrides=round_coherent, max_cycles=2)
+    """A beam too faint to find (a hundred electrons a frame) refuses the daemon's calibration;
+    the benchmark must say so (and run uncalibrated, as the daemon would), not quietly use
+    twin.md's nominal calibration."""
+    faint = {"optics": {"model": "traced"}, "beam": {"electrons_per_s": 1000.0}}
+    record = cold_start(5, 150.0, twin_overrides=faint, max_cycles=2)
     assert record["calibration"].startswith("failed: "), record["calibration"]
     assert "doubtful stack" in record["calibration"]
     assert record["violations"] == []

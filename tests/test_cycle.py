@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from temalign.config.schema import Settings
@@ -355,3 +356,36 @@ def test_a_column_trained_model_is_not_remapped(make_twin: Any, connect: Any, tm
     result = run_cycle(parts)
     assert (result.outcome, result.reason) == ("refused_low_confidence", "disagree"), result
     assert served.truth()["aperture"] == before
+
+
+def test_a_scene_that_biases_the_check_is_learned_from_the_full_wobble(make_twin: Any, connect: Any,
+                                                                      tmp_path: Path) -> None:
+    """A specimen edge dims half of every wide disc: seven frames cancel that pull, the check's two
+    do not (it read 15 to 20 units on an aligned column). The check's reading on a trusted full
+    wobble's own frames, less the wobble's, is its bias there; later checks subtract it."""
+    from temalign.config.schema import QualitySettings, WobbleSettings
+    from temalign.service.calibrate import calibrate
+
+    served = make_twin({"optics": {"model": "traced", "column": "reference"},
+                        "scene": {"kind": "specimen-edge", "edge_offset_fov": 0.0}}, seed=3)
+    parts = make_parts(served, connect, tmp_path)
+    parts.estimator.calibration = calibrate(parts.microscope, parts.source,
+                                            wobble_settings=WobbleSettings(fraction=0.03, settle_s=2.0),
+                                            quality_settings=QualitySettings(), clock=served.clock,
+                                            memory=parts.memory, model=parts.estimator.model)
+    offset(served, 4, -3)
+    raw = run_cycle(parts, look="check")
+    assert raw.check is not None and raw.check.delta is not None
+    truth = -np.asarray(served.truth()["misalignment"])
+    raw_error = float(np.hypot(*np.subtract(raw.check.delta, truth)))
+    assert raw_error > 8.0, (raw.check.delta, truth)  # the bias the scene puts in two frames
+    full = run_cycle(parts, look="full")
+    assert full.before is not None and full.before.trusted
+    assert math.hypot(*parts.check_bias) > 8.0
+    learned = run_cycle(parts, look="check")
+    assert learned.check is not None and learned.check.delta is not None
+    truth = -np.asarray(served.truth()["misalignment"])
+    assert float(np.hypot(*np.subtract(learned.check.delta, truth))) < 0.5 * raw_error
+    checks = [e for e in read_journal(tmp_path / "state") if e["kind"] == "wobble" and "bias" in e]
+    assert len(checks) == 2 and checks[0]["bias"] == [0.0, 0.0] and math.hypot(*checks[1]["bias"]) > 8.0
+    assert checks[1]["read"] != checks[1]["delta"]  # the raw reading is journaled beside the corrected one

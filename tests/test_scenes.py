@@ -248,3 +248,28 @@ def test_two_spots_in_a_row_and_scattered_clutter_are_not_a_beam() -> None:
         i, j = rng.integers(20, PX - 20, 2)
         clutter[i:i + 2, j:j + 2] = 1.0
     assert not measure_spot(_frame(clutter)).found
+
+
+def test_a_coherent_columns_saturated_focus_is_a_beam_not_lost_signal() -> None:
+    """The low-magnification column's small, coherent crossover focuses a round beam into a spot of
+    a few pixels that saturates: its clipped counts are a tenth of the wide frames', which the
+    beam-conservation rule read as a missing beam; a frame with saturated pixels is a beam."""
+    from temalign.config.schema import QualitySettings
+    from temalign.estimate.quality import assess_stack
+    from temalign.frames import WobbleStack
+
+    st = TwinSettings().updated({"optics": {"model": "traced", "column": "low-mag-mirrored",
+                                            "ellipticity": 0.0}})
+    twin = Twin(st, SteppedClock(), seed=6)
+    frames = []
+    for c in optics.wobble_values(st.optics.c_f, 0.03):
+        twin.set_c1(float(c))
+        twin.advance(3.0)
+        frames.append(twin.acquire())
+    images = np.stack(frames)
+    assert images[3].max() >= 65535
+    values = tuple(float(c) for c in optics.wobble_values(st.optics.c_f, 0.03))
+    stack = WobbleStack(images=images.astype(np.float32), c1_values=values, times=(0.0,) * 7,
+                        c1_before=st.optics.c_f, wobble_fraction=0.03, source="twin")
+    quality = assess_stack(stack, QualitySettings())
+    assert quality.ok, quality.reasons

@@ -1,8 +1,9 @@
 """`temalign demo`: a whole session of the daemon keeping a drifting column aligned, in a minute.
 
 A digital twin with the default drift (linear, random walk, rare jumps) runs in accelerated time,
-by default on the traced optics of the reference column with a biprism wire in the beam (what a
-holography session looks like; --optics, --column and --scene choose others), and serves
+by default on the traced optics of the reference column with a holography scene in the beam (a
+specimen edge, the biased biprism wire and its fringes; --optics, --column and --scene choose
+others), and serves
 protocol v1 on a loopback port; the aperture starts well off the optic axis, as after a cold
 start. The demo calibrates the classical estimator as a person would, then starts the real daemon
 (scheduler, envelope, journal, metrics, control socket) against the twin over TCP. The demo is
@@ -72,7 +73,7 @@ def register(subparsers: Subparsers) -> None:
                         help="Prometheus metrics port on 127.0.0.1 (default %(default)s; 0: any free port)")
     parser.add_argument("--start-offset", type=float, default=180.0, metavar="UNITS",
                         help="how far off the aligned position the aperture starts (default %(default)g)")
-    add_optics_arguments(parser, optics="traced", column="reference", scene="biprism")
+    add_optics_arguments(parser, optics="traced", column="reference", scene="holography")
     parser.set_defaults(handler=run)
 
 

@@ -6,7 +6,9 @@ Three findings make a stack doubtful, each named per frame so a person can see w
   `beam_min_fraction` of the brightest frame's. The beam current is conserved across a wobble,
   so on raw counts every frame carries about the same total; a frame without a spot at all, or a
   stack without any, is absent in any case. A disc cut by the border is judged by the next test
-  instead (its signal is low because part of it is off the detector). Display frames
+  instead (its signal is low because part of it is off the detector), and a frame with saturated
+  pixels is a beam whatever its total (clipping took its counts: the tiny focused spot of a
+  coherent source can keep a tenth of them). Display frames
   (auto-contrast, gamma, 8 bits) do not conserve the signal: there, only a frame without a spot
   is absent;
 - disc lost: in a wide frame (|k - 3| >= 2, |g| >= 2/3 of a centred wobble) less than
@@ -93,7 +95,8 @@ def judge_stack(frames: Sequence[FrameFacts], *, conserved: bool, settings: Qual
         elif not frame.found:
             reasons.append(f"no beam in frame {k} (blanked, or the disc is wholly off the detector)")
             present.append(False)
-        elif conserved and not frame.truncated and total < settings.beam_min_fraction * brightest:
+        elif (conserved and not frame.truncated and not (frame.saturated_fraction or 0.0) > 0.0
+              and total < settings.beam_min_fraction * brightest):  # clipped counts say nothing of it
             reasons.append(f"no beam in frame {k} (signal {total / brightest:.0%} of the brightest "
                            f"frame's, below {settings.beam_min_fraction:.0%})")
             present.append(False)

@@ -17,6 +17,7 @@ person clears)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -72,6 +73,9 @@ CHECK_MIN_CONTRAST = 6.0
 background: two frames leave no residual to judge a marginal spot by (a focused spot half hidden by
 the display's stretch was found on one refresh in six, 1.5 units off), and when it cannot tell the
 full wobble follows."""
+MAX_CHECK_BIAS_UNITS = 30.0
+"""The most the check may read beyond the full wobble at the same position and still be corrected
+for it; a larger difference is not a scene's bias, and the check is then taken as it reads."""
 LOOKS = ("full", "check")
 
 CHECKED = "check"
@@ -103,6 +107,11 @@ class Parts:
     failures: FailureCounter | None = None
     check_steps: tuple[int, ...] = CHECK_STEPS
     """The two-frame check's steps; CHECK_STEPS_BOTH_ENDS once the present value showed no spot."""
+    check_bias: tuple[float, float] = (0.0, 0.0)
+    """What the check's two frames read beyond the trusted full wobble they are part of, at the
+    last such wobble: subtracted from every check. Seven frames cancel a fixed pull on the spots
+    (a specimen edge dims half of every wide disc) that two frames do not: on the traced reference
+    column with an edge in the beam the check read 15 to 20 units where the wobble read 4 to 6."""
     wall: Callable[[], float] = time.time
     """Wall-clock epoch seconds, for pause deadlines (a person's time, not the twin's)."""
 
@@ -308,7 +317,12 @@ class _Cycle:
         except ValueError as error:
             spots, clear = [], []
             estimate = ClassicalEstimate(None, None, math.nan, 0, str(error))
+        read = estimate.delta
+        if read is not None:
+            bias = self.p.check_bias
+            estimate = dataclasses.replace(estimate, delta=(read[0] - bias[0], read[1] - bias[1]))
         self.p.journal.outcome(op, "wobble", ok=True, c1=stack.c1_before, delta=rounded_pair(estimate.delta),
+                               read=rounded_pair(read), bias=rounded_pair(self.p.check_bias),
                                reason=estimate.reason)
         if steps == CHECK_STEPS and len(spots) == 2 and not clear[0] and clear[1]:
             self.p.check_steps = CHECK_STEPS_BOTH_ENDS
@@ -321,10 +335,31 @@ class _Cycle:
         """One wobble and both estimators; journaled before and after."""
         op, stack = self._wobble(label)
         m = self.p.estimator.measure(stack)
+        self._learn_check_bias(stack, m)
         self.p.journal.outcome(op, "wobble", ok=True, c1=stack.c1_before, trusted=m.trusted, reason=m.reason,
                                delta=rounded_pair(m.delta), model=rounded_pair(m.model_delta),
                                classical=rounded_pair(m.classical.delta) if m.classical else None)
         return m
+
+    def _learn_check_bias(self, stack: WobbleStack, m: Measurement) -> None:
+        """What the check would have read on this trusted wobble's own frames, less what the
+        wobble says: the check's bias at this position (Parts.check_bias)."""
+        calibration = self.p.estimator.calibration
+        spots = m.quality.spots
+        measured = len(spots) == len(stack.images)
+        if not (m.trusted and m.delta is not None and calibration is not None and measured):
+            return
+        steps = self.p.check_steps
+        usable = [k in steps and spot.found and spot.level >= CHECK_MIN_CONTRAST * spot.noise
+                  for k, spot in enumerate(spots)]
+        try:
+            would = classical_estimate(stack, calibration, usable=usable, spots=spots, min_frames=len(steps))
+        except ValueError:
+            return
+        if would.delta is None:
+            return
+        bias = (would.delta[0] - m.delta[0], would.delta[1] - m.delta[1])
+        self.p.check_bias = bias if math.hypot(*bias) <= MAX_CHECK_BIAS_UNITS else (0.0, 0.0)
 
     def decide(self, position: Pair, before: Measurement) -> Decision:
         """The motion envelope's decision on a trusted estimate; journaled."""
