@@ -1,0 +1,56 @@
+"""The traced training sets of issue 13 (tools/trainkit/traced_sets.py): the documented ranges,
+the held-out column and scene never drawn, reproducible by seed, and labels that agree with the
+column's geometry (the walk label is what the daemon's calibration maps to motor units)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from trainkit.traced_sets import CAMERAS, Condition, draw_condition, take_stack, to_side, traced_set
+
+from temalign.estimate.calibration import nominal_calibration
+from temalign_twin.columns import COLUMNS
+from temalign_twin.scenes import SCENES
+
+
+def test_conditions_span_the_issues_ranges_and_never_the_held_out_ones() -> None:
+    rng = np.random.default_rng(0)
+    columns = [c for c in COLUMNS if c != "quarter-turn-mirrored"]
+    scenes = [s for s in SCENES if s != "biprism"]
+    drawn = [draw_condition(rng, columns, scenes) for _ in range(400)]
+    assert {c.column for c in drawn} == set(columns) and {c.scene for c in drawn} == set(scenes)
+    assert all(0.015 <= c.wobble <= 0.04 and 0.97 <= c.c0_over_cf <= 1.03 for c in drawn)
+    assert all(np.hypot(*c.offset) <= 400.0 and 1 / 30 <= c.dose <= 4.0 for c in drawn)
+    assert {c.camera for c in drawn} == set(CAMERAS) and 0 < sum(c.display for c in drawn) < 400
+    assert max(c.ellipticity for c in drawn) > 0.4 and max(np.hypot(*c.offset) for c in drawn) > 350
+
+
+def test_a_set_is_reproducible_by_seed_and_respects_the_hold_out() -> None:
+    first = traced_set(3, 5, side=64, hold_out_column="reference", hold_out_scene="vacuum")
+    again = traced_set(3, 5, side=64, hold_out_column="reference", hold_out_scene="vacuum")
+    for a, b in zip(first, again, strict=True):
+        assert a.condition == b.condition and np.array_equal(a.stack, b.stack) and a.truth == b.truth
+        assert a.condition.column != "reference" and a.condition.scene != "vacuum"
+        assert a.stack.shape == (7, 64, 64)
+        assert a.stack.dtype == (np.uint8 if a.condition.display else np.uint16)
+    with pytest.raises(ValueError, match="unknown column or scene: nope"):
+        traced_set(1, 0, only_column="nope")
+
+
+def test_the_walk_label_is_the_columns_geometry() -> None:
+    """On the reference column (twin.md's constants where physics allows) the walk per unit tau is
+    w * M * (a - a*) to within the emission's few per cent."""
+    condition = Condition(column="reference", scene="vacuum", wobble=0.03, c0_over_cf=1.0,
+                          offset=(120.0, -80.0), dose=1.0, camera=256, display=False, ellipticity=0.0,
+                          ellipse_angle_deg=0.0, beam_shift=(0.0, 0.0))
+    sample = take_stack(condition, seed=2)
+    expected = -0.03 * nominal_calibration().array @ np.asarray(sample.truth)
+    assert np.linalg.norm(np.subtract(sample.walk, expected)) < 0.06 * np.linalg.norm(expected)
+    assert np.hypot(*sample.truth) == pytest.approx(np.hypot(120.0, -80.0), abs=2.0)
+    assert sample.centres.shape == (7, 2) and sample.c1_values.shape == (7,)
+
+
+def test_frames_reach_the_stored_side_by_block_means_or_repeats() -> None:
+    big = np.arange(16.0).reshape(4, 4)
+    assert np.array_equal(to_side(big, 2), [[2.5, 4.5], [10.5, 12.5]])
+    assert np.array_equal(to_side(np.array([[1.0, 2.0], [3.0, 4.0]]), 4)[:2, :2], [[1.0, 1.0], [1.0, 1.0]])
