@@ -23,15 +23,12 @@ from hypothesis import settings as hypothesis_settings
 
 from temalign.clock import ScaledClock
 from temalign_twin.model import Twin
-from temalign_twin.settings import TwinSettings
+from temalign_twin.settings import NO_DRIFT, TwinSettings
 
 FAST_SCALE = 1000.0
 """Twin seconds per wall second for tests over TCP: a wobble's 7 x 2 s of settling take 14 ms."""
 
-QUIET = {
-    "drift": {"linear_per_hour": (0, 0), "random_walk_per_sqrt_hour": 0, "jump_rate_per_hour": 0,
-              "beam_shift_linear_per_hour": (0, 0), "beam_shift_random_walk_per_sqrt_hour": 0},
-}
+QUIET = NO_DRIFT
 """No drift: at 1000x a test's few seconds are an hour of twin time."""
 
 

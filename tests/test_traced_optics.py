@@ -24,13 +24,11 @@ from temalign.estimate.spots import measure_spot
 from temalign_twin.cli import build_settings
 from temalign_twin.columns import COLUMNS, REFERENCE, Column, column
 from temalign_twin.model import Twin
-from temalign_twin.settings import TwinSettings
+from temalign_twin.settings import NO_DRIFT, TwinSettings
 from temalign_twin.traced import Fringes, TracedDisc, trace, transmission
 
 PX = 256
-NO_DRIFT = {"linear_per_hour": (0, 0), "random_walk_per_sqrt_hour": 0, "jump_rate_per_hour": 0,
-            "beam_shift_linear_per_hour": (0, 0), "beam_shift_random_walk_per_sqrt_hour": 0}
-CLEAN = {"specimen": {"texture_contrast": 0.0}, "drift": NO_DRIFT,
+CLEAN = {"specimen": {"texture_contrast": 0.0}, "drift": NO_DRIFT["drift"],
          "camera": {"shot_noise": False, "read_noise": 0.0, "hot_pixel_fraction": 0.0}}
 
 

@@ -23,17 +23,14 @@ from temalign_twin.cli import build_settings
 from temalign_twin.columns import COLUMNS
 from temalign_twin.model import Twin
 from temalign_twin.scenes import SCENES
-
-NO_DRIFT = ["drift.linear_per_hour=[0, 0]", "drift.random_walk_per_sqrt_hour=0",
-            "drift.jump_rate_per_hour=0", "drift.beam_shift_linear_per_hour=[0, 0]",
-            "drift.beam_shift_random_walk_per_sqrt_hour=0"]
+from temalign_twin.settings import NO_DRIFT
 
 
 def wobble_stack(optics_model: str, column: str | None, scene: str, offset: tuple[float, float],
                  wobble: float = 0.03, seed: int = 0) -> list[np.ndarray]:
     """The 7 frames of a wobble centred on c_f with the aperture `offset` units off the axis."""
-    settings = build_settings("default", None, NO_DRIFT, optics=optics_model, column_name=column,
-                              scene_name=scene)
+    settings = build_settings("default", None, [], optics=optics_model, column_name=column,
+                              scene_name=scene).updated(NO_DRIFT)
     twin = Twin(settings, SteppedClock(), seed=seed)
     aligned = twin.aligned()
     twin.move_aperture(round(aligned[0] + offset[0]), round(aligned[1] + offset[1]))

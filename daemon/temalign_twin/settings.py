@@ -216,6 +216,13 @@ class LensSettings(_Knobs):
         return _check_ordered(value)
 
 
+NO_DRIFT: JsonObject = {"drift": {
+    "linear_per_hour": (0.0, 0.0), "random_walk_per_sqrt_hour": 0.0, "jump_rate_per_hour": 0.0,
+    "beam_shift_linear_per_hour": (0.0, 0.0), "beam_shift_random_walk_per_sqrt_hour": 0.0}}
+"""Overrides that hold a* and the beam shift still: a stack's label is then the truth at every one
+of its frames (datasets, accuracy benchmarks, pictures, tests)."""
+
+
 class TwinSettings(_Knobs):
     optics: OpticsSettings = Field(default_factory=OpticsSettings)
     beam: BeamSettings = Field(default_factory=BeamSettings)

@@ -12,21 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from trainkit.metrics import rmse_percent
 
 from benchkit.harness import SHIPPED_MODEL, sim_column
 from temalign.wobble.stack import wobble
-
-QUIET = {"drift": {"linear_per_hour": (0, 0), "random_walk_per_sqrt_hour": 0, "jump_rate_per_hour": 0,
-                   "beam_shift_linear_per_hour": (0, 0), "beam_shift_random_walk_per_sqrt_hour": 0}}
-"""No drift while a set is taken: the label is the truth at the stack."""
-RANGE_UNITS = 1000.0
-"""The paper's convention: errors in percent of 1000 units."""
+from temalign_twin.settings import NO_DRIFT, deep_merge
 
 
 def _rmse_percent(errors: list[tuple[float, float]]) -> float | None:
-    if not errors:
-        return None
-    return float(np.sqrt(np.mean(np.square(errors))) / RANGE_UNITS * 100.0)
+    """trainkit.metrics' RMSE of these errors (None when no stack was answered)."""
+    return rmse_percent(errors, np.zeros((len(errors), 2))) if errors else None
 
 
 def column_accuracy(seed: int, n: int, radius: float, twin_overrides: dict[str, Any], *,
@@ -34,7 +29,7 @@ def column_accuracy(seed: int, n: int, radius: float, twin_overrides: dict[str, 
     """`n` stacks at misalignments uniform in the disc of `radius` units: the RMSE (% of 1000
     units) of the re-mapped model and of the classical estimator over the stacks each answered,
     how many each answered, how many the gate trusted (and its RMSE), and the reasons."""
-    twin = {**twin_overrides, "drift": QUIET["drift"]}
+    twin = deep_merge(twin_overrides, NO_DRIFT)
     with sim_column(seed, twin_overrides=twin, model=model) as col:
         estimator = col.parts.estimator
         settings = col.settings

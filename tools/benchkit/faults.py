@@ -44,7 +44,7 @@ from temalign.wobble.sources import CameraSource
 from temalign_twin.faults import FAULTABLE_METHODS, KINDS
 from temalign_twin.model import Twin
 from temalign_twin.service import TwinServer
-from temalign_twin.settings import TwinSettings
+from temalign_twin.settings import NO_DRIFT, TwinSettings
 
 from .disk import StateDisk, unavailable
 from .harness import EXPOSURE_S, REPO, SHIPPED_MODEL, settings_for, sim_column
@@ -770,8 +770,6 @@ def load_model(path: Path = SHIPPED_MODEL) -> ModelEstimator:
 # ---- the real daemon, killed ----------------------------------------------------------------------------
 
 
-QUIET = {"drift": {"linear_per_hour": (0, 0), "random_walk_per_sqrt_hour": 0, "jump_rate_per_hour": 0,
-                   "beam_shift_linear_per_hour": (0, 0), "beam_shift_random_walk_per_sqrt_hour": 0}}
 KILL_SCALE = 1000.0
 KILL_DELAY_S = {"any": (0.05, 1.5), "move": (0.0, 0.08), "wobble": (0.0, 0.3)}
 """Seconds from the start (any) or from the intent seen in flight (move, wobble) to the SIGKILL."""
@@ -814,7 +812,7 @@ class DaemonRig:
         self.root = root
         self.rng = np.random.default_rng(seed)
         self.clock = ScaledClock(KILL_SCALE)
-        self.twin = Twin(TwinSettings().updated(QUIET), self.clock, seed=seed % (2**31))
+        self.twin = Twin(TwinSettings().updated(NO_DRIFT), self.clock, seed=seed % (2**31))
         self.server = TwinServer(self.twin, host="127.0.0.1", port=0).start()
         self.state_dir = root / "state"
         self.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)

@@ -18,11 +18,11 @@ import numpy as np
 
 from temalign.estimate.preprocess import physics
 from temalign.optics import D_FOV, RADIUS_MIN, RADIUS_PER_G, THETA0_DEG, THETA_PER_U_DEG, WOBBLE_UNIT
+from temalign_twin.settings import NO_DRIFT
 from trainkit.metrics import p99_percent, rmse_percent
 from trainkit.own_models import OUTPUT_SCALE
 
-QUIET_DRIFT = {"drift": {"linear_per_hour": (0, 0), "random_walk_per_sqrt_hour": 0, "jump_rate_per_hour": 0,
-                         "beam_shift_linear_per_hour": (0, 0), "beam_shift_random_walk_per_sqrt_hour": 0},
+QUIET_DRIFT = {**NO_DRIFT,
                "motor": {"position_noise_units": 0.0, "backlash_units": 0.0}}
 
 

@@ -28,13 +28,11 @@ from temalign_twin.cli import optics_overrides
 from temalign_twin.columns import COLUMNS
 from temalign_twin.model import Twin
 from temalign_twin.scenes import SCENES
-from temalign_twin.settings import TwinSettings
+from temalign_twin.settings import NO_DRIFT, TwinSettings
 
 CAMERAS = (128, 256, 512, 1024)
 CAMERA_WEIGHTS = (0.2, 0.5, 0.2, 0.1)
 """Most stacks at the default camera; 1024 px frames cost 16 times as much to render."""
-QUIET_DRIFT = {"linear_per_hour": (0, 0), "random_walk_per_sqrt_hour": 0, "jump_rate_per_hour": 0,
-               "beam_shift_linear_per_hour": (0, 0), "beam_shift_random_walk_per_sqrt_hour": 0}
 SETTLE_S = 3.0
 """Twice the twin's lens settle: the labels are those of a settled lens."""
 
@@ -61,7 +59,7 @@ class Condition:
                            "ellipse_angle_deg": self.ellipse_angle_deg}
         layer["beam"] = {"electrons_per_s": TwinSettings().beam.electrons_per_s * self.dose}
         layer["camera"] = {"width": self.camera, "height": self.camera}
-        layer["drift"] = {**QUIET_DRIFT, "beam_shift_start": self.beam_shift}
+        layer["drift"] = {**NO_DRIFT["drift"], "beam_shift_start": self.beam_shift}
         return layer
 
 

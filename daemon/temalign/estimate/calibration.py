@@ -28,7 +28,7 @@ SOURCES = ("measured", "nominal (twin.md geometry)")
 Matrix = tuple[tuple[float, float], tuple[float, float]]
 
 
-def _check_matrix(matrix: object) -> Matrix:
+def check_matrix(matrix: object) -> Matrix:
     """The matrix as a tuple of tuples of floats; ValueError when malformed, singular or
     ill-conditioned."""
     try:
@@ -83,9 +83,9 @@ class Calibration:
     """ModelEstimator.fingerprint of the model A was measured for; another model ignores A."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "matrix", _check_matrix(self.matrix))
+        object.__setattr__(self, "matrix", check_matrix(self.matrix))
         if self.model_matrix is not None:
-            object.__setattr__(self, "model_matrix", _check_matrix(self.model_matrix))
+            object.__setattr__(self, "model_matrix", check_matrix(self.model_matrix))
             if not isinstance(self.model_fingerprint, str) or not self.model_fingerprint:
                 raise ValueError("calibration model_fingerprint: a model_matrix needs the fingerprint of "
                                  f"its model, got {self.model_fingerprint!r}")
@@ -107,11 +107,6 @@ class Calibration:
         return (f"the calibration was measured with wobble.settle_s {self.settle_s:g} s, the config now "
                 f"says {settle_s:g} s: its walks do not hold for these wobbles; calibrate again "
                 "(temalign calibrate)")
-
-    @staticmethod
-    def checked_matrix(matrix: object) -> Matrix:
-        """`matrix` as a Matrix; ValueError when malformed, singular or ill-conditioned."""
-        return _check_matrix(matrix)
 
     @property
     def array(self) -> np.ndarray:

@@ -60,6 +60,11 @@ def classical_estimate(stack: WobbleStack, calibration: Calibration,
 def remap(delta_model: tuple[float, float], basis: Calibration, column: Calibration) -> tuple[float, float]:
     """A delta in `basis`'s geometry (a twin-trained model's: nominal_calibration) as the column
     needs it: the same walk of the spot, slope = -M_basis delta_model = -M_column delta_column."""
-    walk = basis.array @ np.asarray(delta_model, dtype=float)
-    out = np.linalg.solve(column.array, walk)
+    out = remap_matrix(basis.array, column.array) @ np.asarray(delta_model, dtype=float)
     return float(out[0]), float(out[1])
+
+
+def remap_matrix(basis: np.ndarray, column: np.ndarray) -> np.ndarray:
+    """R with delta_column = R delta_basis for the same walk: M_column^-1 M_basis."""
+    out: np.ndarray = np.linalg.solve(column, basis)
+    return out

@@ -17,8 +17,8 @@ from temalign.config.schema import EstimatorSettings, QualitySettings
 from temalign.decide.stack import DOUBTFUL_STACK
 from temalign.decide.trust import MODEL_FAILED, ClassicalSays, Trust, agreement, model_verdict
 from temalign.errors import TemalignError
-from temalign.estimate.calibration import Calibration, nominal_calibration
-from temalign.estimate.classical import ClassicalEstimate, classical_estimate, remap
+from temalign.estimate.calibration import Calibration
+from temalign.estimate.classical import ClassicalEstimate, classical_estimate
 from temalign.estimate.model_estimator import ModelError, ModelEstimator
 from temalign.estimate.quality import StackQuality, assess_stack
 from temalign.frames import WobbleStack
@@ -68,9 +68,7 @@ class CombinedEstimator:
         self.calibration = calibration
         self.settings = estimator
         self.quality_settings = quality
-        card = model.card
-        self.basis = nominal_calibration(float(card["c0_over_cf"]), float(card["wobble_fraction"]))
-        self.remaps = card.get("geometry", "twin") == "twin"
+        self.remaps = model.twin_basis is not None
         """A twin-trained model speaks the twin's geometry and is re-mapped through the column's
         calibration; a model trained on a column's own data already speaks that column's."""
 
@@ -80,11 +78,10 @@ class CombinedEstimator:
         it is (a model trained on this column's own data)."""
         if calibration.model_matrix is not None and calibration.model_fingerprint == self.model.fingerprint:
             a = np.array(calibration.model_matrix)
-            out = a @ np.asarray(model_delta, dtype=float)
-            return float(out[0]), float(out[1])
-        if self.remaps:
-            return remap(model_delta, self.basis, calibration)
-        return model_delta
+        else:
+            a = self.model.output_geometry(calibration.array)
+        out = a @ np.asarray(model_delta, dtype=float)
+        return float(out[0]), float(out[1])
 
     def measure(self, stack: WobbleStack) -> Measurement:
         """Estimate delta from one stack; never raises for a bad stack (it is a reason instead)."""

@@ -17,6 +17,8 @@ import numpy as np
 
 from temalign.errors import TemalignError
 from temalign.estimate import card as cards
+from temalign.estimate.calibration import Calibration, nominal_calibration
+from temalign.estimate.classical import remap_matrix
 from temalign.estimate.litert_model import LiteModel
 from temalign.estimate.preprocess import resolve
 from temalign.values import JsonObject
@@ -78,6 +80,20 @@ class ModelEstimator:
         if not hasattr(self, "_fingerprint"):
             self._fingerprint = hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
         return self._fingerprint
+
+    @property
+    def twin_basis(self) -> Calibration | None:
+        """The calibration of the geometry a twin-trained model speaks (None for a model trained
+        on a column's own data: it already speaks that column's)."""
+        if self.card.get("geometry", "twin") != "twin":
+            return None
+        return nominal_calibration(float(self.card["c0_over_cf"]), float(self.card["wobble_fraction"]))
+
+    def output_geometry(self, column_matrix: np.ndarray) -> np.ndarray:
+        """R: this model's output as the column's delta through the calibration matrix alone (the
+        remap of a twin-trained model; the identity for a column-trained one)."""
+        basis = self.twin_basis
+        return np.eye(2) if basis is None else remap_matrix(basis.array, column_matrix)
 
     @property
     def identity(self) -> dict[str, str]:

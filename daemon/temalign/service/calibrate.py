@@ -17,7 +17,7 @@ import numpy as np
 from temalign.clock import Clock
 from temalign.config.schema import QualitySettings, WobbleSettings
 from temalign.errors import TemalignError
-from temalign.estimate.calibration import Calibration, Matrix, nominal_calibration
+from temalign.estimate.calibration import Calibration, Matrix, check_matrix
 from temalign.estimate.model_estimator import ModelError, ModelEstimator
 from temalign.estimate.quality import assess_stack
 from temalign.estimate.walk import Walk, fit_walk
@@ -188,11 +188,7 @@ def _model_matrix(answers: list[tuple[float, float] | None], moves: np.ndarray, 
         return None, "the model gave no answer on a calibration stack"
     start, after_x, after_y = (np.asarray(a, dtype=float) for a in answers)
     changes = np.column_stack([after_x - start, after_y - start])
-    if model.card.get("geometry", "twin") == "twin":
-        basis = nominal_calibration(float(model.card["c0_over_cf"]), float(model.card["wobble_fraction"]))
-        geometry = np.linalg.solve(matrix, basis.array)
-    else:
-        geometry = np.eye(2)
+    geometry = model.output_geometry(matrix)
     mapped = geometry @ changes
     power = float(np.sum(mapped * mapped))
     if not power > 0.0:
@@ -203,6 +199,6 @@ def _model_matrix(answers: list[tuple[float, float] | None], moves: np.ndarray, 
         return None, (f"its answers follow the moves only to {100 * misfit:.0f} % (scale {scale:.3g}), "
                       f"more than {100 * MAX_MODEL_MISFIT:.0f} %")
     try:
-        return Calibration.checked_matrix(scale * geometry), None
+        return check_matrix(scale * geometry), None
     except ValueError as error:
         return None, str(error)

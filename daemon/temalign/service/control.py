@@ -176,8 +176,8 @@ class ControlServer:
             if not isinstance(args, dict):
                 raise ValueError("args must be an object")
             if nested_deeper_than(args, MAX_ARGS_DEPTH):
-                raise RecursionError
-        except RecursionError:
+                raise ValueError(f"nested deeper than {MAX_ARGS_DEPTH} levels")
+        except RecursionError:  # json's own limit, far deeper
             _send(conn, {"ok": False, "error": f"bad request: nested deeper than {MAX_ARGS_DEPTH} levels"})
             return
         except ValueError as error:
