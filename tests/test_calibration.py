@@ -197,7 +197,7 @@ def _model():
     from temalign import shipped
     from temalign.estimate.model_estimator import ModelEstimator
 
-    return ModelEstimator(shipped.default_model())
+    return ModelEstimator(shipped.model_path("wobble_physics"))  # a delta model: its output calibrated
 
 
 @pytest.mark.parametrize("column", ["low-mag-mirrored", "high-mag-contaminated", "quarter-turn-mirrored"])

@@ -32,7 +32,7 @@ from temalign.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = shipped.config_path()
-SHIPPED_MODEL = shipped.model_path("wobble_physics")
+SHIPPED_MODEL = shipped.model_path("spotnet")
 DOCS = REPO / "docs" / "configuration.md"
 MINIMAL = "microscope:\n  address: '127.0.0.1:7801'\n"
 
@@ -99,7 +99,7 @@ def test_the_shipped_config_is_package_data_and_the_checkout_links_to_it() -> No
     assert link.is_symlink() and not os.path.isabs(os.readlink(link))
     assert link.resolve() == SHIPPED.resolve()
     assert not (REPO / "models").exists(), "the models ship inside the package: temalign/models/"
-    assert "model: wobble_physics\n" in SHIPPED.read_text(encoding="utf-8")
+    assert "model: spotnet\n" in SHIPPED.read_text(encoding="utf-8")
 
 
 def test_docs_describe_every_key() -> None:
@@ -325,12 +325,12 @@ def test_ensure_state_dir_creates_it_private(tmp_path: Path) -> None:
 # --- the model: a shipped name or a path ---------------------------------------------------------
 
 def test_the_model_is_a_shipped_name_or_a_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    assert shipped.model_names() == ["wobble_physics"]
+    assert shipped.model_names() == ["spotnet", "wobble_physics"]
     assert SHIPPED_MODEL.is_file() and SHIPPED_MODEL.with_suffix(".json").is_file()
     assert Settings.model_validate({"microscope": {"address": "a:1"}}).estimator.model == SHIPPED_MODEL
     assert shipped.default_model() == SHIPPED_MODEL
     by_name = load_config(write(tmp_path, MINIMAL + "estimator: {model: wobble_physics}\n"))
-    assert by_name.estimator.model == SHIPPED_MODEL
+    assert by_name.estimator.model == shipped.model_path("wobble_physics")
     # Anything with a directory part or a suffix is a path, relative to the config's directory.
     monkeypatch.chdir("/")
     for text, expected in (("wobble_physics.tflite", tmp_path / "wobble_physics.tflite"),
@@ -344,17 +344,19 @@ def test_the_model_is_a_shipped_name_or_a_path(tmp_path: Path, monkeypatch: pyte
 def test_an_unknown_shipped_model_name_lists_the_shipped_ones(tmp_path: Path) -> None:
     message = config_error(write(tmp_path, MINIMAL + "estimator: {model: wobble_phisics}\n"))
     assert message.startswith(f"{tmp_path / 'temalign.yaml'}: estimator.model: ")
-    assert "no shipped model named 'wobble_phisics'" in message and "(shipped: wobble_physics)" in message
+    assert "no shipped model named 'wobble_phisics'" in message
+    assert "(shipped: spotnet, wobble_physics)" in message
     assert "./wobble_phisics.tflite" in message  # how to name a file of one's own instead
 
 
 def own_model(directory: Path, **card_changes: Any) -> Path:
-    """A copy of the shipped model and its card in `directory`, the card changed as given (a value
-    of None removes the key)."""
+    """A copy of the shipped delta model (wobble_physics: one wobble, an output scale) and its card
+    in `directory`, the card changed as given (a value of None removes the key)."""
     directory.mkdir(parents=True, exist_ok=True)
     model = directory / "mine.tflite"
-    shutil.copy(SHIPPED_MODEL, model)
-    card = json.loads(SHIPPED_MODEL.with_suffix(".json").read_text())
+    physics = shipped.model_path("wobble_physics")
+    shutil.copy(physics, model)
+    card = json.loads(physics.with_suffix(".json").read_text())
     for key, value in card_changes.items():
         if value is None:
             card.pop(key, None)
@@ -416,12 +418,18 @@ def test_config_check_exits_2_naming_a_model_or_card_it_cannot_use(
 def test_config_check_exits_2_when_the_shipped_model_does_not_fit_the_wobble(
     tmp_path: Path, cli_main: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write(tmp_path, MINIMAL + "wobble: {fraction: 0.02}\n")
+    physics = shipped.model_path("wobble_physics")
+    path = write(tmp_path, MINIMAL + "wobble: {fraction: 0.02}\nestimator: {model: wobble_physics}\n")
     assert cli_main(["config", "check", str(path)]) == 2
     err = capsys.readouterr().err
-    card = SHIPPED_MODEL.with_suffix(".json")
-    assert err.startswith(f"temalign: error: model {SHIPPED_MODEL} (card {card}): "), err
+    card = physics.with_suffix(".json")
+    assert err.startswith(f"temalign: error: model {physics} (card {card}): "), err
     assert "set wobble.fraction to 0.03" in err
+    # the learned default takes any wobble it was trained on, and refuses one outside by name
+    assert cli_main(["config", "check", str(write(tmp_path, MINIMAL + "wobble: {fraction: 0.02}\n"))]) == 0
+    capsys.readouterr()
+    assert cli_main(["config", "check", str(write(tmp_path, MINIMAL + "wobble: {fraction: 0.06}\n"))]) == 2
+    assert "trained on wobbles of 0.015 to 0.04" in capsys.readouterr().err
 
 
 # --- the token file ---------------------------------------------------------------------------------
@@ -486,8 +494,8 @@ def test_config_check_ok(tmp_path: Path, cli_main: Any, capsys: pytest.CaptureFi
     assert out.startswith(f"{path}: OK\n")
     assert "127.0.0.1:7801" in out and "camera" in out and "±3 %" in out and "settle 1.5 s" in out
     # The model as opened: its file, and its card's preprocessing, wobble and frames.
-    assert f"model       {SHIPPED_MODEL} (card: preprocess temalign.estimate.preprocess:physics_128, " \
-           "wobble 0.03, any frames)" in out
+    assert f"model       {SHIPPED_MODEL} (card: preprocess temalign.estimate.preprocess:spots_128, " \
+           "wobbles 0.015 to 0.04, any frames)" in out
 
 
 def test_config_check_bad_exits_2(tmp_path: Path, cli_main: Any, capsys: pytest.CaptureFixture[str]) -> None:

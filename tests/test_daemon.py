@@ -176,8 +176,8 @@ def test_start_puts_c1_back_and_records_a_move_in_flight(make_twin: Any, connect
 def test_a_model_card_that_does_not_match_the_config_refuses_to_start(make_twin: Any, connect: Any,
                                                                        short_dir: Path) -> None:
     served = make_twin()
-    settings = Settings.model_validate(config(served, short_dir, wobble={"fraction": 0.02}))
-    with pytest.raises(ConfigError, match=r"expects a 0\.03 wobble"):
+    settings = Settings.model_validate(config(served, short_dir, wobble={"fraction": 0.06}))
+    with pytest.raises(ConfigError, match=r"trained on wobbles of 0\.015 to 0\.04"):
         Daemon(settings, connect(served), clock=served.clock)
     # the journal lock was released: a corrected config starts
     settings = Settings.model_validate(config(served, short_dir))

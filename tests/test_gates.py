@@ -142,6 +142,18 @@ def test_agreement_within_the_limit_moves_on_the_model() -> None:
     assert (apart.trusted, apart.reason, apart.delta) == (False, trust.DISAGREE, None)
 
 
+def test_a_long_move_may_differ_by_a_fraction_of_its_length() -> None:
+    """15 units or 15 % of the move, whichever is more: 40 apart agree on a 300-unit move, not on a
+    200-unit one; with the fraction at 0 only the units count."""
+    far = trust.agreement((300.0, 0.0), says((340.0, 0.0)), ESTIMATOR)
+    assert far.trusted and far.reason == trust.AGREE
+    nearer = trust.agreement((200.0, 0.0), says((240.0, 0.0)), ESTIMATOR)
+    assert not nearer.trusted and "more than 30.0" in nearer.detail
+    strict = trust.agreement((300.0, 0.0), says((325.0, 0.0)),
+                             ESTIMATOR.model_copy(update={"agreement_fraction": 0.0}))
+    assert strict.reason == trust.DISAGREE
+
+
 def test_a_classical_estimate_that_is_missing_or_not_a_line_refuses() -> None:
     missing = says(None, math.nan, "only 2 frame(s) show a usable spot")
     failed = trust.agreement((1.0, 1.0), missing, ESTIMATOR)

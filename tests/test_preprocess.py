@@ -284,3 +284,53 @@ def test_physics_is_exact_on_a_high_dynamic_range_stack() -> None:
     a, b = physics(stack, 128), _reference_physics(stack, 128)
     assert np.abs(a).max() > 1e4  # the focused spot, far above the 99.9th percentile
     assert (np.abs(a - b) / np.maximum(1.0, np.abs(b))).max() < 1e-5
+
+
+# ---- spots: the spot network's input --------------------------------------------------------------
+
+def test_spots_is_bounded_per_frame_and_blind_to_dtype_dose_and_offset() -> None:
+    raw, _ = render((120, -80))
+    x = preprocess.spots_128(raw)
+    assert x.shape == (1, 128, 128, 7) and x.dtype == np.float32
+    flat = x[0].reshape(-1, 7)
+    assert np.abs(np.sort(flat, axis=0)[len(flat) // 5]).max() < 1e-6  # the background at 0
+    assert np.abs(flat.max(axis=0) - 1.0).max() < 1e-6  # each frame's brightest pixel at 1
+    for variant in (raw.astype(np.float32), raw.astype(np.int32), raw.astype(np.float64) * 7.5 + 1000.0):
+        assert np.abs(preprocess.spots_128(variant) - x).max() < 1e-4
+    assert resolve("temalign.estimate.preprocess:spots_128") is preprocess.spots_128
+
+
+@pytest.mark.parametrize("cluster", [[(40, 40)], [(40, 40), (40, 41)], [(40, 40), (41, 41)]])
+def test_spots_caps_hot_pixels_before_they_set_the_scale(cluster: list[tuple[int, int]]) -> None:
+    """A hot pixel or a pair (one pixel once binned) would otherwise be the frame's brightest
+    and squash the disc towards 0."""
+    clean, _ = render((90, -60))
+    hot = clean.copy()
+    for r, c in cluster:
+        hot[:, r, c] = 65535
+    assert np.abs(preprocess.spots_128(hot) - preprocess.spots_128(clean)).max() < 0.05
+
+
+@pytest.mark.parametrize(("width", "height"), [(256, 256), (512, 512), (200, 200), (256, 192), (128, 160)])
+def test_spots_takes_any_camera_to_the_same_field_of_view(width: int, height: int) -> None:
+    """Block means for a camera that divides the input, exact pixel overlaps otherwise; a non-square
+    frame sits in the square FOV like `standard` puts it (padded rows at the background)."""
+    reference, _ = render((150, 100), overrides=CLEAN)
+    raw, _ = render((150, 100), width=width, height=height, overrides=CLEAN)
+    x, ref = preprocess.spots_128(raw)[0], preprocess.spots_128(reference)[0]
+    centre = (np.arange(128) + 0.5) / 128 - 0.5
+    for k in (0, 6):  # the disc's centroid lands on the same place of the field
+        weights = np.clip(x[:, :, k], 0, None)
+        rweights = np.clip(ref[:, :, k], 0, None)
+        got = (weights.sum(0) @ centre / weights.sum(), weights.sum(1) @ centre / weights.sum())
+        want = (rweights.sum(0) @ centre / rweights.sum(), rweights.sum(1) @ centre / rweights.sum())
+        assert np.allclose(got, want, atol=1.5 / 128), (width, height, k, got, want)
+
+
+def test_spots_refuses_what_it_cannot_use_by_name() -> None:
+    with pytest.raises(ValueError, match="shape"):
+        preprocess.spots_128(np.zeros((5, 64, 64)))
+    bad = np.zeros((7, 64, 64))
+    bad[2, 3, 4] = np.nan
+    with pytest.raises(ValueError, match="frame 2, row 3, col 4"):
+        preprocess.spots_128(bad)

@@ -54,3 +54,33 @@ def test_frames_reach_the_stored_side_by_block_means_or_repeats() -> None:
     big = np.arange(16.0).reshape(4, 4)
     assert np.array_equal(to_side(big, 2), [[2.5, 4.5], [10.5, 12.5]])
     assert np.array_equal(to_side(np.array([[1.0, 2.0], [3.0, 4.0]]), 4)[:2, :2], [[1.0, 1.0], [1.0, 1.0]])
+
+
+def test_wide_draws_meet_columns_and_layouts_nobody_named_but_never_the_held_out_pair() -> None:
+    from trainkit.traced_sets import STIGMATED_HOLOGRAPHY, TEXTURE_SEEDS
+
+    rng = np.random.default_rng(1)
+    scenes = [s for s in SCENES if s != STIGMATED_HOLOGRAPHY]
+    columns = [c for c in COLUMNS if c != "quarter-turn-mirrored"]
+    drawn = [draw_condition(rng, columns, scenes, wide=True, name=f"drawn-test-{i}") for i in range(300)]
+    random_columns = [c.drawn_column for c in drawn if c.drawn_column is not None]
+    assert 100 < len(random_columns) < 200
+    assert {c.mirrored for c in random_columns} == {True, False}
+    magnifications = [c.magnification for c in random_columns]
+    assert min(magnifications) < 0.7 and max(magnifications) > 1.3
+    assert all(c.column in columns for c in drawn if c.drawn_column is None)
+    assert all(c.layout and 0 <= (c.texture_seed or 0) < TEXTURE_SEEDS for c in drawn)
+    holography = [c for c in drawn if c.scene == "holography"]
+    assert holography and max(c.ellipticity for c in holography) <= 0.05  # the held-out combination
+    # a drawn column is registered where the stack is taken, and its layout reaches the scene
+    sample = take_stack(next(c for c in drawn if c.drawn_column is not None and c.scene == "biprism"), seed=3,
+                        side=64)
+    assert sample.stack.shape == (7, 64, 64) and sample.radii.shape == (7,)
+
+
+def test_a_texture_seed_shares_one_read_only_texture_between_twins() -> None:
+    from temalign_twin.render import _texture_field
+
+    first = _texture_field(7, 64, 64, 0.2, 0.01)
+    assert _texture_field(7, 64, 64, 0.2, 0.01) is first and not first.flags.writeable
+    assert not np.array_equal(_texture_field(8, 64, 64, 0.2, 0.01), first)

@@ -4,7 +4,7 @@
 Every stack goes through `temalign.estimate.model_estimator.ModelEstimator` (the card's
 preprocessing, then LiteRT on one thread), as the daemon runs it; no Keras, no TensorFlow.
 
-    .venv/bin/python tools/bench_shipped.py [--model daemon/temalign/models/wobble_physics.tflite]
+    .venv/bin/python tools/bench_shipped.py [--model daemon/temalign/models/spotnet.tflite]
         [--data data] [--n-ind 100] [--json bench-shipped.json] [--plot bench-shipped.png]
     .venv/bin/python tools/bench_shipped.py --optics traced --column C --scene S [--n-twin 100]
 
@@ -39,8 +39,10 @@ from trainkit import metrics as mt
 from temalign.estimate.model_estimator import ModelEstimator
 from temalign_twin.cli import add_optics_arguments
 
-SHIPPED = "daemon/temalign/models/wobble_physics.tflite"
+SHIPPED = "daemon/temalign/models/spotnet.tflite"
 
+TWIN_CF = 1.2
+"""c_f of the first-order twin (twin.md's nominal C1)."""
 IN_DISTRIBUTION = ("n13", "n14")
 OTHER_TWIN = ("n6", "far", "low-dose", "large-aperture")
 TARGETS = {"in_distribution_rmse_percent": 0.5, "in_distribution_p99_percent": 3.0,
@@ -48,18 +50,41 @@ TARGETS = {"in_distribution_rmse_percent": 0.5, "in_distribution_p99_percent": 3
 """Issue 3's targets. Latency is inference per 7 x 256 x 256 stack on one thread."""
 
 
-def predict_all(estimator: ModelEstimator, stacks: list[np.ndarray] | np.ndarray
+def predict_all(estimator: ModelEstimator, stacks: list[np.ndarray] | np.ndarray, wobble: tuple[float, float]
                 ) -> tuple[np.ndarray, list[float], list[float]]:
-    preds, pre_ms, inf_ms = [], [], []
-    for stack in stacks:
-        e = estimator.predict(stack)
-        preds.append(e.delta)
-        pre_ms.append(e.preprocess_ms)
-        inf_ms.append(e.inference_ms)
-    return np.asarray(preds), pre_ms, inf_ms
+    """Each stack's delta as the daemon gets it: a delta model's own output; a spot model's walk
+    through the calibration the daemon would measure on this first-order column at the set's
+    wobble (`wobble`: c0 / c_f and the wobble fraction), the nominal one of twin.md."""
+    if not estimator.reads_spots:
+        estimates = [estimator.predict(stack) for stack in stacks]
+        return (np.asarray([e.delta for e in estimates]), [e.preprocess_ms for e in estimates],
+                [e.inference_ms for e in estimates])
+    from temalign.config.schema import EstimatorSettings, QualitySettings
+    from temalign.estimate.calibration import nominal_calibration
+    from temalign.estimate.combined import CombinedEstimator
+    from temalign.frames import WobbleStack
+    from temalign.optics import wobble_values
+
+    c0_over_cf, fraction = wobble
+    c0 = c0_over_cf * TWIN_CF
+    calibration = nominal_calibration(c0_over_cf, fraction, c1=c0)
+    combined = CombinedEstimator(estimator, calibration, EstimatorSettings(), QualitySettings())
+    c1 = tuple(float(c) for c in wobble_values(c0, fraction))
+    said = [combined.read(WobbleStack(np.asarray(stack, dtype=np.float32), c1, (0.0,) * 7, c0, fraction,
+                                      "bench")) for stack in stacks]
+    return (np.asarray([s.delta if s.delta is not None else (np.nan, np.nan) for s in said], dtype=float),
+            [s.preprocess_ms for s in said], [s.inference_ms for s in said])
 
 
-def dataset_sets(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _wobble_of(name: str) -> tuple[float, float]:
+    """(c0 / c_f, wobble fraction) of a twin preset."""
+    from temalign_twin.presets import preset
+
+    p = preset(name)
+    return float(p.settings().lens.start_over_cf), float(p.wobble_fraction)
+
+
+def dataset_sets(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[float, float]]]:
     from trainkit.datasets import Dataset
 
     out = {}
@@ -68,16 +93,17 @@ def dataset_sets(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         if not path.exists():
             raise SystemExit(f"bench_shipped: {path} is missing (make datasets)")
         ds = Dataset.load(path)
-        out[name] = (ds.stacks, np.asarray(ds.truth, dtype=np.float64))
+        out[name] = (ds.stacks, np.asarray(ds.truth, dtype=np.float64), _wobble_of(name))
     return out
 
 
-def generated_sets(n_twin: int, n_ind: int) -> dict[str, tuple[list[np.ndarray], np.ndarray]]:
+def generated_sets(n_twin: int, n_ind: int) -> dict[str, tuple]:
     from trainkit import evaluation as ev
 
-    out: dict[str, tuple] = {"n13-display": ev.twin_set("n13", n_twin, display_frames=True)}
-    for name in ev.INDEPENDENT_SETS:
-        out[name] = ev.independent_set(name, n_ind)
+    display = ev.twin_set("n13", n_twin, display_frames=True)
+    out: dict[str, tuple] = {"n13-display": (*display, _wobble_of("n13"))}
+    for name, (c0_over_cf, fraction, _radius) in ev.INDEPENDENT_SETS.items():
+        out[name] = (*ev.independent_set(name, n_ind), (c0_over_cf, fraction))
     return out
 
 
@@ -143,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     timing_pre: list[float] = []
     timing_inf: list[float] = []
-    for name, (stacks, truth) in sets.items():
+    for name, (stacks, truth, wobble) in sets.items():
         t0 = time.perf_counter()
-        pred, pre, inf = predict_all(estimator, stacks)
+        pred, pre, inf = predict_all(estimator, stacks, wobble)
         if name in IN_DISTRIBUTION:  # the camera of the datasets: 7 x 256 x 256
             timing_pre += pre
             timing_inf += inf

@@ -19,7 +19,7 @@ PACKAGE = "temalign"
 CONFIG = ("config", "temalign.yaml")
 MODELS = "models"
 MODEL_SUFFIX = ".tflite"
-DEFAULT_MODEL = "wobble_physics"
+DEFAULT_MODEL = "spotnet"
 """The model `estimator.model` names when the config leaves it out."""
 
 

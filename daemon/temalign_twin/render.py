@@ -13,6 +13,7 @@ coordinates (a periodic field over one FOV), averaged over each camera pixel, so
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from dataclasses import dataclass
@@ -155,8 +156,8 @@ class Specimen:
             if key in self._textures:
                 return self._textures[key]
             textured = contrast > 0.0 and scene.kind in ("specimen", "specimen-edge", "holography")
-            field = (_texture_field(self._seed, cam.width, cam.height, contrast, scale)
-                     if textured else None)
+            seed = self._seed if spec.texture_seed is None else spec.texture_seed
+            field = _texture_field(seed, cam.width, cam.height, contrast, scale) if textured else None
             found = scene_transmission(scene, cam.width, cam.height, self._seed, field)
             if len(self._textures) > 4:
                 self._textures.clear()
@@ -178,9 +179,11 @@ class Specimen:
         return found
 
 
+@functools.lru_cache(maxsize=16)
 def _texture_field(seed: int, width: int, height: int, contrast: float, scale: float) -> np.ndarray:
     """Log-normal transmission with Gaussian correlation `scale` (FOV) on a periodic 1-FOV tile,
-    averaged over camera pixels of 1/width FOV and sampled at their centres."""
+    averaged over camera pixels of 1/width FOV and sampled at their centres. A pure function of its
+    arguments, kept for the process (read-only): twins of the same texture seed share it."""
     n = int(min(2048, max(512, 2 ** math.ceil(math.log2(6.0 / scale)))))
     rng = np.random.default_rng([seed, STREAM_TEXTURE])
     white = rng.standard_normal((n, n))
@@ -201,7 +204,9 @@ def _texture_field(seed: int, width: int, height: int, contrast: float, scale: f
     j1, i1 = (j0 + 1) % n, (i0 + 1) % n
     top = t[np.ix_(i0, j0)] * (1 - fu) + t[np.ix_(i0, j1)] * fu
     bottom = t[np.ix_(i1, j0)] * (1 - fu) + t[np.ix_(i1, j1)] * fu
-    return np.maximum(top * (1 - fv) + bottom * fv, 0.0).astype(np.float32)
+    field: np.ndarray = np.maximum(top * (1 - fv) + bottom * fv, 0.0).astype(np.float32)
+    field.setflags(write=False)
+    return field
 
 
 def render_frame(beam: Beam, settings: TwinSettings, rng: np.random.Generator,

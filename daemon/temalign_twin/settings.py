@@ -107,6 +107,9 @@ class SpecimenSettings(_Knobs):
     """Rms contrast of the amorphous-carbon-like texture that multiplies the illumination (0: no specimen)."""
     texture_scale_fov: Annotated[float, Field(gt=0.0, le=0.2)] = 0.006
     """Correlation length of the texture, FOV (the sigma of the Gaussian that smooths white noise)."""
+    texture_seed: Annotated[int, Field(ge=0)] | None = None
+    """Seed of the texture (None: the twin's own). Datasets of many one-stack twins reuse a few
+    textures this way: a texture costs more to make than the stack's seven frames."""
 
 
 class SceneSettings(_Knobs):

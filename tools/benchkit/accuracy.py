@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from trainkit.metrics import rmse_percent
+from trainkit.metrics import p99_percent, rmse_percent
 
 from benchkit.harness import SHIPPED_MODEL, sim_column
 from temalign.wobble.stack import wobble
@@ -22,6 +22,11 @@ from temalign_twin.settings import NO_DRIFT, deep_merge
 def _rmse_percent(errors: list[tuple[float, float]]) -> float | None:
     """trainkit.metrics' RMSE of these errors (None when no stack was answered)."""
     return rmse_percent(errors, np.zeros((len(errors), 2))) if errors else None
+
+
+def _p99_percent(errors: list[tuple[float, float]]) -> float | None:
+    """trainkit.metrics' p99 of these errors (None when no stack was answered)."""
+    return p99_percent(errors, np.zeros((len(errors), 2))) if errors else None
 
 
 def column_accuracy(seed: int, n: int, radius: float, twin_overrides: dict[str, Any], *,
@@ -58,7 +63,10 @@ def column_accuracy(seed: int, n: int, radius: float, twin_overrides: dict[str, 
                 trusted_err.append(tuple(np.subtract(measured.delta, truth)))
         calibration = col.notes.get("calibration", "nominal")
     return {"stacks": n, "radius": radius, "calibration": calibration,
-            "model_rmse_percent": _rmse_percent(model_err), "model_answered": len(model_err),
-            "classical_rmse_percent": _rmse_percent(classical_err), "classical_answered": len(classical_err),
+            "model_rmse_percent": _rmse_percent(model_err), "model_p99_percent": _p99_percent(model_err),
+            "model_answered": len(model_err),
+            "classical_rmse_percent": _rmse_percent(classical_err),
+            "classical_p99_percent": _p99_percent(classical_err), "classical_answered": len(classical_err),
             "trusted": len(trusted_err), "trusted_rmse_percent": _rmse_percent(trusted_err),
+            "trusted_p99_percent": _p99_percent(trusted_err),
             "reasons": dict(reasons.most_common())}

@@ -84,8 +84,12 @@ def _model(settings: Settings, card: JsonObject | None) -> str:
     if card is None:
         described = "" if path.is_file() else " (MISSING)"
     else:
-        described = (f" (card: preprocess {card['preprocess']}, wobble {card['wobble_fraction']:g}, "
-                     f"{card['frames']} frames)")
+        if "wobble_range" in card:
+            low, high = card["wobble_range"]
+            wobbles = f"wobbles {low:g} to {high:g}"
+        else:
+            wobbles = f"wobble {card['wobble_fraction']:g}"
+        described = f" (card: preprocess {card['preprocess']}, {wobbles}, {card['frames']} frames)"
     return f"{path}{described}; estimators must agree within {settings.estimator.agreement_units:g} units"
 
 

@@ -283,7 +283,7 @@ class LoggingSettings(Section):
 
 
 def _shipped_model() -> Path:
-    """The default model: the shipped `wobble_physics` (package data, temalign/models/)."""
+    """The default model: the shipped `spotnet` (package data, temalign/models/)."""
     return shipped.default_model()
 
 
@@ -294,13 +294,17 @@ class EstimatorSettings(Section):
     use: Literal["both", "model", "classical"] = "both"
     threads: Annotated[int, Field(ge=1, le=16)] = 1
     agreement_units: Annotated[float, Field(gt=0.0, le=500.0)] = 15.0
+    agreement_fraction: Annotated[float, Field(ge=0.0, le=0.5)] = 0.15
     classical_max_residual_px: Annotated[float, Field(gt=0.0, le=100.0)] = 3.0
     without_calibration: Literal["dry-run", "model-only"] = "dry-run"
+    model_alone_max_units: Annotated[float, Field(ge=0.0, le=1000.0)] = 120.0
+    """The longest move a spot model may make alone, when the classical estimator cannot measure
+    the stack (decide.trust.model_alone); 0: never alone."""
 
     @field_validator("model", mode="before")
     @classmethod
     def _shipped_name(cls, value: Any) -> Any:
-        """A bare name (`wobble_physics`: no directory part, no suffix) is a shipped model; anything
+        """A bare name (`spotnet`: no directory part, no suffix) is a shipped model; anything
         else is a path, resolved below."""
         if isinstance(value, str) and shipped.is_model_name(value):
             return shipped.model_path(value)

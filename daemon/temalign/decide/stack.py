@@ -63,6 +63,8 @@ class StackVerdict:
     ok: bool
     reasons: tuple[str, ...]
     frame_usable: tuple[bool, ...]
+    camera_risk: bool = False
+    """A wide frame saturated (camera protection): no estimator, alone or not, may move on it."""
 
 
 def wide_frames(steps: int = STEPS) -> tuple[int, ...]:
@@ -110,12 +112,14 @@ def judge_stack(frames: Sequence[FrameFacts], *, conserved: bool, settings: Qual
         if present[k] and frames[k].on_detector < settings.disc_min_fraction:
             reasons.append(f"frame {k}: disc lost ({frames[k].on_detector:.0%} of it on the detector, below "
                            f"{settings.disc_min_fraction:.0%})")
+    camera_risk = False
     for k in sorted(wide):
         fraction = frames[k].saturated_fraction
         if fraction is not None and fraction > settings.wide_saturated_max_fraction:
+            camera_risk = True
             reasons.append(f"frame {k} saturated ({fraction:.1%} of pixels, above "
                            f"{settings.wide_saturated_max_fraction:.1%} in a wide frame)")
-    return StackVerdict(not reasons, tuple(reasons), tuple(usable))
+    return StackVerdict(not reasons, tuple(reasons), tuple(usable), camera_risk)
 
 
 def camera_at_risk(saturated_fraction: float, abort_fraction: float) -> bool:

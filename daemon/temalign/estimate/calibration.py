@@ -22,7 +22,7 @@ CALIBRATION_NAME = "calibration.json"
 MAX_CONDITION = 20.0
 """A calibration matrix more ill-conditioned than this amplifies centroid noise along one axis
 past use: a rotation, a mirror and a magnification all have condition 1."""
-SOURCES = ("measured", "nominal (twin.md geometry)")
+SOURCES = ("measured", "measured by the model", "nominal (twin.md geometry)")
 
 
 Matrix = tuple[tuple[float, float], tuple[float, float]]
@@ -111,6 +111,15 @@ class Calibration:
     @property
     def array(self) -> np.ndarray:
         return np.array(self.matrix, dtype=float)
+
+    def correction(self, slope: np.ndarray, c1_before: float, matrix: Matrix | None = None) -> np.ndarray:
+        """delta = -(M^-1 slope) for a walk `slope` (FOV per unit rho) wobbled around `c1_before`.
+        M is scaled by c1_before / c1: the walk per unit rho grows with c0 / c_f, so a C1 moved a
+        little since the calibration is still served. `matrix`: an estimator's own M measured on
+        the same calibration wobbles (a spot model's), instead of the classical one."""
+        m = np.array(self.matrix if matrix is None else matrix, dtype=float) * (float(c1_before) / self.c1)
+        out: np.ndarray = -np.linalg.solve(m, np.asarray(slope, dtype=float))
+        return out
 
     def to_json(self) -> JsonObject:
         return {"matrix": [list(row) for row in self.matrix], "wobble_fraction": self.wobble_fraction,

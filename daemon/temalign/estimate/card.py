@@ -2,7 +2,11 @@
 the daemon (architecture.md). Pure python, no TensorFlow or numpy, so the runtime can validate a
 card at start with this very code.
 
-delta (motor units, x then y) = model output * output_scale + output_offset."""
+A card's `output` says what the model gives: "delta" (the default: delta in motor units, x then y,
+= model output * output_scale + output_offset) or "spots" (each frame's spot centre and confidence,
+temalign.estimate.model_estimator). `wobble_range` and `c0_over_cf_range` state the wobbles and
+wobble centres a model was trained on (a spot model must state them; a delta model may, instead
+of the one `wobble_fraction` and `c0_over_cf` it was trained at)."""
 
 from __future__ import annotations
 
@@ -13,9 +17,12 @@ from pathlib import Path
 from temalign.values import JsonObject, finite
 
 CARD_VERSION = 1
-REQUIRED = ("preprocess", "output_scale", "input_shape", "wobble_fraction", "c0_over_cf", "frames",
-            "training", "metrics")
-"""Keys architecture.md requires; output_offset is optional (0 when absent)."""
+REQUIRED = ("preprocess", "input_shape", "frames", "training", "metrics")
+"""Keys every card has (architecture.md); the rest depend on `output` (OUTPUT_REQUIRED)."""
+OUTPUTS = ("delta", "spots")
+OUTPUT_REQUIRED = {"delta": ("output_scale",), "spots": ("wobble_range", "c0_over_cf_range")}
+"""Keys each kind of output needs besides REQUIRED; output_offset is optional (0 when absent), and a
+delta card names either `wobble_fraction` or `wobble_range`, either `c0_over_cf` or its range."""
 FRAMES = ("raw", "display", "any")
 """What the model takes: camera counts, 8-bit screen frames, or either (measured on both)."""
 _PREPROCESS = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
@@ -38,7 +45,13 @@ def validate_card(card: object) -> list[str]:
     """Problems with a card (empty when it is usable): missing keys, wrong types, impossible values."""
     if not isinstance(card, dict):
         return [f"a card is a JSON object, got {type(card).__name__}"]
-    problems = [f"missing key {k!r}" for k in REQUIRED if k not in card]
+    output = card.get("output", "delta")
+    if output not in OUTPUTS:
+        return [f"output: expected one of {', '.join(map(repr, OUTPUTS))}, got {output!r}"]
+    problems = [f"missing key {k!r}" for k in (*REQUIRED, *OUTPUT_REQUIRED[output]) if k not in card]
+    for single, ranged in (("wobble_fraction", "wobble_range"), ("c0_over_cf", "c0_over_cf_range")):
+        if single not in card and ranged not in card:
+            problems.append(f"missing key {single!r} (or {ranged!r})")
     if "preprocess" in card and not (isinstance(card["preprocess"], str)
                                       and _PREPROCESS.match(card["preprocess"])):
         problems.append(f"preprocess: expected 'module:function', got {card['preprocess']!r}")
@@ -61,6 +74,13 @@ def validate_card(card: object) -> list[str]:
         c = card["c0_over_cf"]
         if not (finite(c) and 0.5 < c < 2.0):
             problems.append(f"c0_over_cf: expected a number near 1.0, got {c!r}")
+    for key, low, high, example in (("wobble_range", 0.0, 0.5, "[0.015, 0.04]"),
+                                    ("c0_over_cf_range", 0.5, 2.0, "[0.97, 1.03]")):
+        if key in card:
+            v = card[key]
+            if not (isinstance(v, list | tuple) and len(v) == 2 and all(finite(x) for x in v)
+                    and low < v[0] <= v[1] < high):
+                problems.append(f"{key}: expected [lowest, highest] such as {example}, got {v!r}")
     if "geometry" in card and card["geometry"] not in ("twin", "column"):
         problems.append(f"geometry: expected 'twin' or 'column', got {card['geometry']!r}")
     if "frames" in card and card["frames"] not in FRAMES:
@@ -101,6 +121,8 @@ def read_card(model_path: str | Path, *, validate: bool = True) -> JsonObject:
 
 def to_motor_units(output: list[float] | tuple[float, ...], card: JsonObject) -> list[float]:
     """One model output (x, y) to delta in motor units by the card's scale and offset."""
+    if card.get("output", "delta") != "delta":
+        raise ValueError(f"a model with output {card.get('output')!r} gives no delta of its own")
     scale = card["output_scale"]
     offset = card.get("output_offset") or [0.0, 0.0]
     return [float(output[i]) * float(scale[i]) + float(offset[i]) for i in range(2)]

@@ -43,15 +43,13 @@ def classical_estimate(stack: WobbleStack, calibration: Calibration,
                        spots: Sequence[Spot] | None = None,
                        min_frames: int = MIN_FRAMES) -> ClassicalEstimate:
     """delta = -(M^-1 @ slope) from the spot's walk over the usable frames (all frames with a spot
-    when `usable` is None). M is scaled by c0 / calibration.c1: the walk per unit rho grows with
-    c0 / c_f, so a C1 moved a little since the calibration is still served."""
+    when `usable` is None), through Calibration.correction."""
     walk = fit_walk(stack, usable, spots, min_frames)
     if isinstance(walk, str):
         return ClassicalEstimate(None, None, math.nan, 0, walk)
     residual_px = walk.residual_fov * REFERENCE_WIDTH
     slope = (float(walk.slope[0]), float(walk.slope[1]))
-    m = calibration.array * (float(stack.c1_before) / calibration.c1)
-    delta = -np.linalg.solve(m, walk.slope)
+    delta = calibration.correction(walk.slope, float(stack.c1_before))
     if not np.isfinite(delta).all():
         return ClassicalEstimate(None, slope, residual_px, walk.frames, "the estimate is not finite")
     return ClassicalEstimate((float(delta[0]), float(delta[1])), slope, residual_px, walk.frames, None)

@@ -1,9 +1,12 @@
 """Both estimators on one stack, and the verdicts of decide/ on it: the stack's quality
-(decide.stack) first, then the estimator-agreement gate (decide.trust).
+(decide.stack), then the estimator-agreement gate (decide.trust), and the model alone where the
+classical estimator cannot measure at all (decide.trust.model_alone).
 
-The model's delta is re-mapped through the calibration (architecture.md: a twin-trained model
-knows the twin's rotation and magnification; `remap` turns that into the column's), so one model
-serves any column."""
+A spot model (the default) reads each frame's spot; the walk through them (estimate/model_walk.py)
+goes through the column's calibration like the classical estimator's centroids, with the model's
+own M when `temalign calibrate` measured one for this very model file. A delta model's output is
+calibrated by the model matrix measured for it, else re-mapped through M (a twin-trained model
+knows the twin's rotation and magnification; the remap turns that into the column's)."""
 
 from __future__ import annotations
 
@@ -15,11 +18,21 @@ import numpy as np
 
 from temalign.config.schema import EstimatorSettings, QualitySettings
 from temalign.decide.stack import DOUBTFUL_STACK
-from temalign.decide.trust import MODEL_FAILED, ClassicalSays, Trust, agreement, model_verdict
+from temalign.decide.trust import (
+    CLASSICAL_FAILED,
+    MODEL_FAILED,
+    ClassicalSays,
+    ModelSays,
+    Trust,
+    agreement,
+    model_alone,
+    model_verdict,
+)
 from temalign.errors import TemalignError
-from temalign.estimate.calibration import Calibration
-from temalign.estimate.classical import ClassicalEstimate, classical_estimate
+from temalign.estimate.calibration import Calibration, Matrix, nominal_calibration
+from temalign.estimate.classical import REFERENCE_WIDTH, ClassicalEstimate, classical_estimate
 from temalign.estimate.model_estimator import ModelError, ModelEstimator
+from temalign.estimate.model_walk import ModelWalk, model_walk
 from temalign.estimate.quality import StackQuality, assess_stack
 from temalign.frames import WobbleStack
 from temalign.values import finite
@@ -45,17 +58,33 @@ class Measurement:
     preprocess_ms: float = 0.0
     inference_ms: float = 0.0
     classical_ms: float = 0.0
+    model_walk: ModelWalk | None = None
+    """A spot model's walk and the frames it used (None for a delta model)."""
 
     @classmethod
-    def of(cls, quality: StackQuality, model_delta: Vector | None, classical: ClassicalEstimate | None,
-           trust: Trust, **times: float) -> Measurement:
-        return cls(quality, model_delta, classical, trust.delta, trust.confidence, trust.trusted,
-                   trust.reason, trust.detail, **times)
+    def of(cls, quality: StackQuality, model: ModelReading, classical: ClassicalEstimate | None,
+           trust: Trust, classical_ms: float = 0.0) -> Measurement:
+        return cls(quality, model.delta, classical, trust.delta, trust.confidence, trust.trusted,
+                   trust.reason, trust.detail, model.preprocess_ms, model.inference_ms, classical_ms,
+                   model.walk)
 
     @property
     def misalignment(self) -> float | None:
         """|delta|, the estimated distance from alignment (units), when there is an estimate."""
         return None if self.delta is None else math.hypot(*self.delta)
+
+
+@dataclass(frozen=True)
+class ModelReading:
+    """What the model said of one stack: delta in this column's motor units (None: it could not
+    say, `error` says why), a spot model's walk and self-assessment, and the time it took."""
+
+    delta: Vector | None
+    error: str | None = None
+    walk: ModelWalk | None = None
+    says: ModelSays | None = None
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
 
 
 class CombinedEstimator:
@@ -83,25 +112,63 @@ class CombinedEstimator:
         out = a @ np.asarray(model_delta, dtype=float)
         return float(out[0]), float(out[1])
 
+    def model_matrix(self, calibration: Calibration) -> Matrix | None:
+        """The M a spot model's walk goes through: its own, measured on the calibration's wobbles for
+        this very model file, else the classical one (None)."""
+        if calibration.model_matrix is not None and calibration.model_fingerprint == self.model.fingerprint:
+            return calibration.model_matrix
+        return None
+
+    def read(self, stack: WobbleStack) -> ModelReading:
+        """The model's delta for one stack (never raises: an error is a reason instead)."""
+        try:
+            if not self.model.reads_spots:
+                estimate = self.model.predict(stack.images)
+                delta: Vector = estimate.delta
+                if self.calibration is not None and finite(*delta):
+                    delta = self.in_column_units(delta, self.calibration)
+                return ModelReading(delta, preprocess_ms=estimate.preprocess_ms,
+                                    inference_ms=estimate.inference_ms)
+            reading = self.model.read_spots(stack.images)
+        except (ValueError, ModelError) as error:
+            return ModelReading(None, str(error))
+        times = (reading.preprocess_ms, reading.inference_ms)
+        walked = model_walk(reading, stack.c1_values, stack.c1_before)
+        if walked.walk is None:
+            return ModelReading(None, walked.reason, walked, None, *times)
+        calibration = self.calibration or nominal_calibration(1.0, stack.wobble_fraction, c1=stack.c1_before)
+        try:
+            out = calibration.correction(walked.walk.slope, stack.c1_before, self.model_matrix(calibration))
+        except (ValueError, np.linalg.LinAlgError) as error:
+            return ModelReading(None, f"the model's walk cannot be mapped: {error}", walked, None, *times)
+        delta = (float(out[0]), float(out[1]))
+        used = np.asarray(walked.used)
+        says = ModelSays(delta, walked.frames, walked.walk.residual_fov * REFERENCE_WIDTH,
+                         float(np.mean(reading.confidence[used])) if used.any() else 0.0)
+        return ModelReading(delta, None, walked, says, *times)
+
     def measure(self, stack: WobbleStack) -> Measurement:
         """Estimate delta from one stack; never raises for a bad stack (it is a reason instead)."""
         quality = assess_stack(stack, self.quality_settings)
         if not quality.ok:
-            return Measurement(quality, None, None, None, 0.0, False, DOUBTFUL_STACK,
-                               "; ".join(quality.reasons))
-        try:
-            estimate = self.model.predict(stack.images)
-        except (ValueError, ModelError) as error:
-            return Measurement(quality, None, None, None, 0.0, False, MODEL_FAILED, str(error))
-        model_delta: Vector = estimate.delta
-        times = {"preprocess_ms": estimate.preprocess_ms, "inference_ms": estimate.inference_ms}
-        if self.calibration is not None and finite(*model_delta):
-            model_delta = self.in_column_units(model_delta, self.calibration)
+            model = self.read(stack) if self.model.reads_spots and self.calibration is not None else None
+            if model is not None:
+                alone = model_alone(model.says, "; ".join(quality.reasons), camera_risk=quality.camera_risk,
+                                    settings=self.settings)
+                if alone is not None:
+                    return Measurement.of(quality, model, None, alone)
+            return Measurement(quality, None if model is None else model.delta, None, None, 0.0, False,
+                               DOUBTFUL_STACK, "; ".join(quality.reasons),
+                               model_walk=None if model is None else model.walk)
+        model = self.read(stack)
+        if model.delta is None:
+            failed = Trust(None, 0.0, False, MODEL_FAILED, model.error or "")
+            return Measurement.of(quality, model, None, failed)
         settings = self.settings
-        verdict = model_verdict(model_delta, use=settings.use, calibrated=self.calibration is not None,
+        verdict = model_verdict(model.delta, use=settings.use, calibrated=self.calibration is not None,
                                 without_calibration=settings.without_calibration)
         if verdict is not None:
-            return Measurement.of(quality, model_delta, None, verdict, **times)
+            return Measurement.of(quality, model, None, verdict)
         assert self.calibration is not None
         t0 = time.perf_counter()
         try:
@@ -109,7 +176,10 @@ class CombinedEstimator:
                                            quality.spots or None)
         except (ValueError, TemalignError) as error:
             classical = ClassicalEstimate(None, None, math.nan, 0, str(error))
-        times["classical_ms"] = (time.perf_counter() - t0) * 1e3
+        classical_ms = (time.perf_counter() - t0) * 1e3
         said = ClassicalSays(classical.delta, classical.residual_px, classical.reason)
-        verdict = agreement(model_delta, said, settings)
-        return Measurement.of(quality, model_delta, classical, verdict, **times)
+        verdict = agreement(model.delta, said, settings)
+        if verdict.reason == CLASSICAL_FAILED:
+            verdict = model_alone(model.says, verdict.detail, camera_risk=quality.camera_risk,
+                                  settings=settings) or verdict
+        return Measurement.of(quality, model, classical, verdict, classical_ms)

@@ -1,8 +1,15 @@
 """The learnt estimator at run time: a .tflite model, its card, and the card's preprocessing.
 
 Everything the model needs to be fed exactly what it was trained on comes from the card beside it
-(the preprocessing function, the input shape, the output scale); `load` refuses a model whose card
-is missing, invalid or disagrees with the file, before anything is connected or moved."""
+(the preprocessing function, the input shape, what it outputs); loading refuses a model whose card
+is missing, invalid or disagrees with the file, before anything is connected or moved.
+
+Two kinds of output (the card's `output`):
+- "spots" (the spot network, the default model): each frame's spot centre (FOV) and a confidence;
+  the walk through them is fitted against the C1 values the daemon set (estimate/model_walk.py)
+  and mapped through the column's calibration, like the classical estimator's centroids;
+- "delta" (`wobble_physics` and the paper's CNNs): delta in motor units directly, times the card's
+  output_scale plus its output_offset."""
 
 from __future__ import annotations
 
@@ -31,6 +38,21 @@ class ModelError(TemalignError):
     """A model or card that cannot be used; exit status 2, like a bad config."""
 
     exit_status = 2
+
+
+OUTPUT_SIZES = {"delta": 2, "spots": 21}
+"""Values per stack of each kind of output: (dx, dy), or (x, y, confidence logit) for 7 frames."""
+
+
+@dataclass(frozen=True)
+class SpotReading:
+    """What a spot model read in one stack: each frame's spot centre (7, 2) in FOV (x right, y down,
+    0 at the image centre) and its confidence (7,) from 0 to 1, and what it cost."""
+
+    centres: np.ndarray
+    confidence: np.ndarray
+    preprocess_ms: float
+    inference_ms: float
 
 
 @dataclass(frozen=True)
@@ -68,9 +90,11 @@ class ModelEstimator:
         if got != want:
             raise ModelError(f"model {self.path}: the file's input is {list(got)} but its card says "
                              f"{list(want)}")
-        if self.lite.output_size != 2:
-            raise ModelError(f"model {self.path}: outputs {self.lite.output_size} values, expected (dx, dy)")
-        self.scale = np.asarray(self.card["output_scale"], dtype=np.float64)
+        self.output: str = str(self.card.get("output", "delta"))
+        if self.lite.output_size != OUTPUT_SIZES[self.output]:
+            raise ModelError(f"model {self.path}: outputs {self.lite.output_size} values, but its card says "
+                             f"{self.output!r}, which is {OUTPUT_SIZES[self.output]} values")
+        self.scale = np.asarray(self.card.get("output_scale") or [1.0, 1.0], dtype=np.float64)
         self.offset = np.asarray(self.card.get("output_offset") or [0.0, 0.0], dtype=np.float64)
 
     @property
@@ -82,10 +106,16 @@ class ModelEstimator:
         return self._fingerprint
 
     @property
+    def reads_spots(self) -> bool:
+        """The model reads each frame's spot (card output "spots") rather than giving delta."""
+        return self.output == "spots"
+
+    @property
     def twin_basis(self) -> Calibration | None:
-        """The calibration of the geometry a twin-trained model speaks (None for a model trained
-        on a column's own data: it already speaks that column's)."""
-        if self.card.get("geometry", "twin") != "twin":
+        """The calibration of the geometry a twin-trained delta model speaks (None for a model
+        trained on a column's own data, which already speaks that column's, and for a spot model,
+        whose spots are the images' own)."""
+        if self.reads_spots or self.card.get("geometry", "twin") != "twin":
             return None
         return nominal_calibration(float(self.card["c0_over_cf"]), float(self.card["wobble_fraction"]))
 
@@ -110,8 +140,25 @@ class ModelEstimator:
                              f"takes [1, {', '.join(map(str, self.card['input_shape']))}]")
         return x
 
+    def read_spots(self, stack: np.ndarray) -> SpotReading:
+        """Each frame's spot for one stack (a spot model); ValueError (from the preprocessing) names
+        a stack it cannot use."""
+        if not self.reads_spots:
+            raise ModelError(f"model {self.path} gives delta, not spots (card output {self.output!r})")
+        t0 = time.perf_counter()
+        x = self.tensor(stack)
+        t1 = time.perf_counter()
+        out = self.lite.invoke_one(x).astype(np.float64).reshape(7, 3)
+        t2 = time.perf_counter()
+        confidence = 1.0 / (1.0 + np.exp(-np.clip(out[:, 2], -50.0, 50.0)))
+        return SpotReading(out[:, :2].copy(), confidence, (t1 - t0) * 1e3, (t2 - t1) * 1e3)
+
     def predict(self, stack: np.ndarray) -> ModelEstimate:
-        """delta for one stack; ValueError (from the preprocessing) names a stack it cannot use."""
+        """delta for one stack (a delta model); ValueError (from the preprocessing) names a stack it
+        cannot use."""
+        if self.reads_spots:
+            raise ModelError(f"model {self.path} reads spots; its delta comes from the walk through "
+                             "them and the calibration (estimate/model_walk.py)")
         t0 = time.perf_counter()
         x = self.tensor(stack)
         t1 = time.perf_counter()
@@ -123,8 +170,17 @@ class ModelEstimator:
 
 def check_compatible(card: JsonObject, *, wobble_fraction: float, frames: str) -> None:
     """Refuse at start a model whose card does not match the configured wobble or image source:
-    a model fed a wobble or a kind of frame it was not made for gives confident nonsense."""
-    expected = float(card["wobble_fraction"])
+    a model fed a wobble or a kind of frame it was not made for gives confident nonsense. A card
+    with a `wobble_range` was trained on every wobble in it and takes any of them."""
+    if "wobble_range" in card:
+        low, high = (float(v) for v in card["wobble_range"])
+        if not low * (1 - 1e-6) <= wobble_fraction <= high * (1 + 1e-6):
+            raise ModelError(f"the model was trained on wobbles of {low:.3g} to {high:.3g} (wobble_range) "
+                             f"but wobble.fraction is {wobble_fraction:.3g}: set a wobble in that range or "
+                             "use a model trained for this one")
+        expected = wobble_fraction
+    else:
+        expected = float(card["wobble_fraction"])
     if not math.isclose(expected, wobble_fraction, rel_tol=1e-6):
         raise ModelError(f"the model's card expects a {expected:.3g} wobble (wobble_fraction) but "
                          f"wobble.fraction is {wobble_fraction:.3g}: set wobble.fraction to {expected:.3g} "

@@ -28,12 +28,14 @@ class StackQuality:
     reasons: tuple[str, ...]
     frame_usable: tuple[bool, ...]
     spots: tuple[Spot, ...] = field(default=(), compare=False, repr=False)
+    camera_risk: bool = False
+    """decide.stack.StackVerdict.camera_risk: a wide frame saturated."""
     """The spot measured in each frame (empty when the stack could not be measured), so the
     classical estimator does not measure the same frames again."""
 
     @classmethod
     def of(cls, verdict: StackVerdict, spots: tuple[Spot, ...] = ()) -> StackQuality:
-        return cls(verdict.ok, verdict.reasons, verdict.frame_usable, spots)
+        return cls(verdict.ok, verdict.reasons, verdict.frame_usable, spots, verdict.camera_risk)
 
 
 def _shape_problem(images: object) -> str | None:

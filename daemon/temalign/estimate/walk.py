@@ -30,6 +30,8 @@ class Walk:
     slope: np.ndarray
     residual_fov: float
     frames: int
+    misfits: np.ndarray | None = None
+    """Each frame's distance from the fitted walk, FOV (NaN for a frame left out)."""
 
     def amplitude(self, fraction: float) -> float:
         """How far the spot walks from the middle frame to an end of a wobble of `fraction`, FOV."""
@@ -41,7 +43,7 @@ class Walk:
         return math.degrees(math.atan2(float(self.slope[1]), float(self.slope[0])))
 
 
-def _rho(c1_values: Sequence[float], c0: float) -> np.ndarray:
+def rho_of(c1_values: Sequence[float], c0: float) -> np.ndarray:
     return np.asarray(c1_values, dtype=float) / c0 - 1.0
 
 
@@ -70,17 +72,32 @@ def fit_walk(stack: WobbleStack, usable: Sequence[bool] | None = None,
             return f"the frames cannot be measured: {error}"
     keep = [k for k, s in enumerate(spots)
             if s.found and all(math.isfinite(v) for v in s.centre) and (usable is None or usable[k])]
+    rho = rho_of(stack.c1_values, c0)
+    xy = np.array([s.centre if k in keep else (0.0, 0.0) for k, s in enumerate(spots)], dtype=float)
+    weights = np.array([1.0 if k in keep else 0.0 for k in range(len(spots))])
+    return fit_points(rho, xy, weights, min_frames)
+
+
+def fit_points(rho: np.ndarray, xy: np.ndarray, weights: np.ndarray,
+               min_frames: int = MIN_FRAMES) -> Walk | str:
+    """The walk through spot centres `xy` (FOV) at `rho`, each frame counted by its weight (0 leaves
+    it out): the one fit of the classical estimator's centroids and of a model's spots."""
+    keep = np.flatnonzero(np.asarray(weights, dtype=float) > 0.0)
     if len(keep) < min_frames:
         return f"only {len(keep)} frame(s) show a usable spot; at least {min_frames} are needed"
-    rho = _rho([stack.c1_values[k] for k in keep], c0)
-    xy = np.array([spots[k].centre for k in keep], dtype=float)
-    columns = [np.ones_like(rho), rho]
+    r = np.asarray(rho, dtype=float)[keep]
+    points = np.asarray(xy, dtype=float)[keep]
+    w = np.asarray(weights, dtype=float)[keep]
+    columns = [np.ones_like(r), r]
     if len(keep) >= 5:
-        columns.append(rho**2)
+        columns.append(r**2)
     design = np.column_stack(columns)
     if np.linalg.matrix_rank(design) < design.shape[1]:
         return "the usable frames do not span distinct C1 values"
-    coef, *_ = np.linalg.lstsq(design, xy, rcond=None)
-    residual = xy - design @ coef
-    rms = float(math.sqrt(float(np.mean(np.sum(residual**2, axis=1)))))
-    return Walk(coef[1].astype(float), rms, len(keep))
+    root = np.sqrt(w)[:, None]
+    coef, *_ = np.linalg.lstsq(design * root, points * root, rcond=None)
+    residual = points - design @ coef
+    rms = float(math.sqrt(float(np.sum(w * np.sum(residual**2, axis=1)) / float(np.sum(w)))))
+    misfits = np.full(len(np.asarray(rho)), np.nan)
+    misfits[keep] = np.hypot(residual[:, 0], residual[:, 1])
+    return Walk(coef[1].astype(float), rms, len(keep), misfits)

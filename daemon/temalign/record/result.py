@@ -98,7 +98,8 @@ def measurement_json(m: Measurement | None) -> JsonObject | None:
             "trusted": m.trusted, "reason": m.reason, "detail": m.detail,
             "quality": {"ok": m.quality.ok, "reasons": list(m.quality.reasons)},
             "preprocess_ms": round(m.preprocess_ms, 3), "inference_ms": round(m.inference_ms, 3),
-            "classical_ms": round(m.classical_ms, 3)}
+            "classical_ms": round(m.classical_ms, 3),
+            "model_frames": None if m.model_walk is None else [int(u) for u in m.model_walk.used]}
 
 
 def decision_json(d: Decision | None) -> JsonObject | None:

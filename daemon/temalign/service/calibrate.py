@@ -1,10 +1,19 @@
-"""Measuring the classical estimator's calibration on a live column: two known aperture moves.
+"""Measuring the calibration on a live column: four known aperture moves.
 
-Three wobbles: at the start position (walk s0), `step` units along +x (s1) and along +y (s2). The
-walk is linear in the misalignment, so M @ [d1 d2] = [s1 - s0, s2 - s0] with d1, d2 the
-displacements the motor actually made (read back, not assumed). The aperture is a tool's to move
-here (docs/safety.md, "Tools"), so it goes back to where it started whatever ends the calibration; C1
-is the wobble's to restore."""
+Five wobbles: at the start position (walk s0), then `step` units along +x, -x, +y and -y, back to
+the start after each. The walk is linear in the misalignment to first order, so
+M @ [d1 .. d4] = [s1 - s0 .. s4 - s0] with d_i the displacements the motor actually made (read back,
+not assumed), solved by least squares. Moves in both directions make it a central difference: the
+walk's curvature in the misalignment (a traced lens, a calibration started off axis) cancels, and
+the noise of four walks averages.
+
+The classical estimator's M comes from the centroids' walks; a spot model's own M (`model_matrix`,
+tied to its file) from the walks through its spots on the same wobbles. Where the classical walks
+cannot be measured (a specimen edge or the biprism defeats the centroid's thresholds) but the spot
+model read every wobble confidently, its M serves both (source "measured by the model").
+
+The aperture is a tool's to move here (docs/safety.md, "Tools"), so it goes back to where it
+started whatever ends the calibration; C1 is the wobble's to restore."""
 
 from __future__ import annotations
 
@@ -19,8 +28,10 @@ from temalign.config.schema import QualitySettings, WobbleSettings
 from temalign.errors import TemalignError
 from temalign.estimate.calibration import Calibration, Matrix, check_matrix
 from temalign.estimate.model_estimator import ModelError, ModelEstimator
+from temalign.estimate.model_walk import model_walk
 from temalign.estimate.quality import assess_stack
 from temalign.estimate.walk import Walk, fit_walk
+from temalign.frames import WobbleStack
 from temalign.microscope import Microscope, Position
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.sources import ImageSource
@@ -34,6 +45,8 @@ STEP_RANGE = (10.0, 500.0)
 MAX_MODEL_MISFIT = 0.25
 """The model's answers on the calibration wobbles must follow the known moves this well (relative)
 for its output to be calibrated; else it is re-mapped through M as before."""
+MIN_MODEL_FRAMES = 5
+"""A spot model's calibration walk counts when it comes from this many confident frames."""
 RETURN_ATTEMPTS = 3
 RETURN_BACKOFF_S = 0.5
 
@@ -89,39 +102,56 @@ def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: W
     say(f"calibration at aperture ({start.x}, {start.y}), C1 = {c0:.6g}, steps of {step} units")
 
     answers: list[tuple[float, float] | None] = []
+    model_walks: list[Walk | None] = []
+    classical: list[Walk | str] = []
 
-    def measure(label: str) -> Walk:
+    def measure(label: str) -> None:
         stack = wobble(microscope, source, fraction=wobble_settings.fraction,
                        settle_s=wobble_settings.settle_s, clock=clock, memory=memory,
                        restore_attempts=wobble_settings.restore_attempts,
                        saturation_abort_fraction=quality_settings.saturation_abort_fraction)
         quality = assess_stack(stack, quality_settings)
-        if not quality.ok:
+        walk: Walk | str
+        if quality.camera_risk:
             raise CalibrationError(f"wobble {label}: doubtful stack ({'; '.join(quality.reasons)})")
-        walk = fit_walk(stack, quality.frame_usable)
-        if isinstance(walk, str):
-            raise CalibrationError(f"wobble {label}: no walk ({walk})")
-        if walk.residual_fov > MAX_RESIDUAL_FOV:
-            raise CalibrationError(f"wobble {label}: the spots stray {walk.residual_fov * 256:.1f} px (at "
-                                   f"256 px) from their fitted walk, above {MAX_RESIDUAL_FOV * 256:.0f} px")
-        say(f"wobble {label}: walk ({walk.slope[0]:+.4f}, {walk.slope[1]:+.4f}) FOV per unit rho, "
-            f"residual {walk.residual_fov * 256:.2f} px")
-        answers.append(_model_answer(model, stack.images))
-        return walk
+        if not quality.ok:
+            walk = f"doubtful stack ({'; '.join(quality.reasons)})"
+        else:
+            walk = fit_walk(stack, quality.frame_usable)
+            if isinstance(walk, str):
+                walk = f"no walk ({walk})"
+            elif walk.residual_fov > MAX_RESIDUAL_FOV:
+                walk = (f"the spots stray {walk.residual_fov * 256:.1f} px (at 256 px) from their fitted "
+                        f"walk, above {MAX_RESIDUAL_FOV * 256:.0f} px")
+        classical.append(walk)
+        read = None
+        if model is not None and model.reads_spots:
+            read = _model_walk(model, stack)
+            model_walks.append(read)
+        else:
+            answers.append(_model_answer(model, stack.images))
+        if isinstance(walk, Walk):
+            say(f"wobble {label}: walk ({walk.slope[0]:+.4f}, {walk.slope[1]:+.4f}) FOV per unit rho, "
+                f"residual {walk.residual_fov * 256:.2f} px")
+        elif read is None:
+            raise CalibrationError(f"wobble {label}: {walk}")
+        else:
+            say(f"wobble {label}: the classical estimator cannot measure it ({walk}); the model's walk "
+                f"({read.slope[0]:+.4f}, {read.slope[1]:+.4f}) FOV per unit rho")
 
-    walks: list[Walk] = []
     displacements: list[np.ndarray] = []
     failure: BaseException | None = None
     try:
-        walks.append(measure("at the start"))
-        for axis, (dx, dy) in (("x", (step, 0)), ("y", (0, step))):
+        measure("at the start")
+        for axis, sign, (dx, dy) in (("x", "+", (step, 0)), ("x", "-", (-step, 0)),
+                                     ("y", "+", (0, step)), ("y", "-", (0, -step))):
             target = Position(start.x + dx, start.y + dy)
             microscope.move_aperture(target)
-            at = _reached(microscope, target, f"step along {axis}")
+            at = _reached(microscope, target, f"step along {sign}{axis}")
             displacements.append(np.array([at.x - start.x, at.y - start.y], dtype=float))
-            walks.append(measure(f"after +{step} units in {axis}"))
+            measure(f"after {sign}{step} units in {axis}")
             microscope.move_aperture(start)
-            _reached(microscope, start, f"return after the step along {axis}")
+            _reached(microscope, start, f"return after the step along {sign}{axis}")
     except BaseException as error:  # KeyboardInterrupt included: the aperture goes back first
         failure = error
 
@@ -136,19 +166,37 @@ def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: W
         raise failure
     say(f"aperture back at ({start.x}, {start.y})")
 
-    walk_change = np.column_stack([walks[1].slope - walks[0].slope, walks[2].slope - walks[0].slope])
     moves = np.column_stack(displacements)
-    if abs(np.linalg.det(moves)) < 0.25 * step * step:
-        raise CalibrationError(f"the two moves {displacements[0].tolist()} and {displacements[1].tolist()} "
-                               "are not independent; the motor does not move as commanded")
-    matrix = walk_change @ np.linalg.inv(moves)
-    model_matrix, why_not = (None, None) if model is None else _model_matrix(answers, moves, matrix, model)
+    singular = np.linalg.svd(moves, compute_uv=False)
+    if singular[1] < 0.5 * step:
+        raise CalibrationError(f"the moves {[d.tolist() for d in displacements]} are not independent; the "
+                               "motor does not move as commanded")
+    read_by_model = [w for w in model_walks if w is not None]
+    measured_by = "measured"
+    if all(isinstance(w, Walk) for w in classical):
+        matrix = fit_matrix([w.slope for w in classical if isinstance(w, Walk)], moves)
+        residual = max(w.residual_fov for w in classical if isinstance(w, Walk))
+    elif len(read_by_model) == len(classical):
+        matrix = fit_matrix([w.slope for w in read_by_model], moves)
+        residual = max(w.residual_fov for w in read_by_model)
+        measured_by = "measured by the model"
+        say("the classical walks could not all be measured: the model's M serves both estimators")
+    else:
+        why = next(w for w in classical if isinstance(w, str))
+        raise CalibrationError(f"the spot walks cannot be measured ({why}); aperture back at "
+                               f"({start.x}, {start.y})")
+    if model is None or measured_by != "measured":
+        model_matrix, why_not = None, None
+    elif model.reads_spots:
+        model_matrix, why_not = _spot_model_matrix(model_walks, moves)
+    else:
+        model_matrix, why_not = _model_matrix(answers, moves, matrix, model)
     if why_not is not None:
-        say(f"the model's output is not calibrated ({why_not}): it is re-mapped through M instead")
+        say(f"the model's output is not calibrated ({why_not}): it goes through the classical M instead")
     try:
         calibration = Calibration(matrix=matrix.tolist(), wobble_fraction=wobble_settings.fraction,
                                   c1=c0, measured_at=datetime.now(UTC).isoformat(timespec="seconds"),
-                                  source="measured", residual_fov=max(w.residual_fov for w in walks),
+                                  source=measured_by, residual_fov=residual,
                                   settle_s=wobble_settings.settle_s, model_matrix=model_matrix,
                                   model_fingerprint=None if model_matrix is None or model is None
                                   else model.fingerprint)
@@ -158,11 +206,47 @@ def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: W
     angle = math.degrees(math.atan2(matrix[1, 0] - matrix[0, 1], matrix[0, 0] + matrix[1, 1]))
     say(f"calibration: |M| = {scale:.5f} FOV per unit rho per motor unit, rotation {angle:+.1f} deg, "
         f"{'mirrored' if np.linalg.det(matrix) < 0 else 'not mirrored'}")
-    if calibration.model_matrix is not None:
+    if calibration.model_matrix is not None and model is not None and model.reads_spots:
+        a = np.array(calibration.model_matrix)
+        say(f"the model's own M: |M| = {math.sqrt(abs(np.linalg.det(a))):.5f}, differs from the classical "
+            f"one by {np.linalg.norm(a - matrix) / np.linalg.norm(matrix):.1%}")
+    elif calibration.model_matrix is not None:
         a = np.array(calibration.model_matrix)
         say(f"the model's output: scale {math.sqrt(abs(np.linalg.det(a))):.3f}, "
             f"{'mirrored' if np.linalg.det(a) < 0 else 'not mirrored'} on this column")
     return calibration
+
+
+def fit_matrix(slopes: list[np.ndarray], moves: np.ndarray) -> np.ndarray:
+    """M from the walk at the start (slopes[0]) and after each move (moves' columns): least squares
+    of the walk's change against the displacement."""
+    changes = np.column_stack([s - slopes[0] for s in slopes[1:]])
+    out: np.ndarray = changes @ moves.T @ np.linalg.inv(moves @ moves.T)
+    return out
+
+
+def _model_walk(model: ModelEstimator, stack: WobbleStack) -> Walk | None:
+    """A spot model's confident walk on one calibration stack (None: it could not read one from
+    MIN_MODEL_FRAMES frames within MAX_RESIDUAL_FOV)."""
+    try:
+        walked = model_walk(model.read_spots(stack.images), stack.c1_values, stack.c1_before)
+    except (ValueError, ModelError):
+        return None
+    walk = walked.walk
+    if walk is None or walk.frames < MIN_MODEL_FRAMES or walk.residual_fov > MAX_RESIDUAL_FOV:
+        return None
+    return walk
+
+
+def _spot_model_matrix(walks: list[Walk | None], moves: np.ndarray) -> tuple[Matrix | None, str | None]:
+    """A spot model's own M from its walks on the calibration wobbles, as the classical M is
+    measured from the centroids' (None, and why, when it could not read them all)."""
+    if len(walks) != moves.shape[1] + 1 or any(w is None for w in walks):
+        return None, "the model read no confident walk on a calibration stack"
+    try:
+        return check_matrix(fit_matrix([w.slope for w in walks if w is not None], moves)), None
+    except ValueError as error:
+        return None, str(error)
 
 
 def _model_answer(model: ModelEstimator | None, images: np.ndarray) -> tuple[float, float] | None:
@@ -180,14 +264,14 @@ def _model_matrix(answers: list[tuple[float, float] | None], moves: np.ndarray, 
                   model: ModelEstimator) -> tuple[Matrix | None, str | None]:
     """A = s R: R the geometry the model's output needs on this column (a twin-trained model's
     remap through M: the rotation and the mirror), s the one scale the remap misses, fitted so
-    that A @ (answer after a move - answer at the start) = -(the move) for both moves (delta =
-    a* - a falls by what the aperture moved). One parameter, not four: two 60-unit moves read by
+    that A @ (answer after a move - answer at the start) = -(the move) for every move (delta =
+    a* - a falls by what the aperture moved). One parameter, not four: short moves read by
     a model with a scene in the beam are not enough to measure a whole matrix well. None, and why,
     when the model's answers do not follow the moves."""
-    if len(answers) != 3 or any(a is None for a in answers):
+    if len(answers) != moves.shape[1] + 1 or any(a is None for a in answers):
         return None, "the model gave no answer on a calibration stack"
-    start, after_x, after_y = (np.asarray(a, dtype=float) for a in answers)
-    changes = np.column_stack([after_x - start, after_y - start])
+    points = [np.asarray(a, dtype=float) for a in answers]
+    changes = np.column_stack([p - points[0] for p in points[1:]])
     geometry = model.output_geometry(matrix)
     mapped = geometry @ changes
     power = float(np.sum(mapped * mapped))
