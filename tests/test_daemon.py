@@ -369,7 +369,7 @@ def test_a_real_prometheus_scrapes_the_daemon_and_the_dashboard_has_data(make_tw
         daemon.calibrate()
         outcomes = [daemon.cycle().outcome for _ in range(3)]
         assert "corrected" in outcomes, outcomes
-        pending = dashboard_expressions()
+        pending = dashboard_expressions(f"127.0.0.1:{daemon.settings.metrics.port}")
         deadline = time.monotonic() + 40.0
         while pending and time.monotonic() < deadline:
             with contextlib.suppress(OSError):  # Prometheus still starting
