@@ -39,6 +39,7 @@ from temalign.record.state import RunState, StateStore
 from temalign.service import notify, recovery, verbs
 from temalign.service.control import Caller, ControlServer
 from temalign.service.cycle import Parts, can_check, run_cycle
+from temalign.service.http_control import HttpControlServer
 from temalign.service.progress import ObservedJournal, progress_observer
 from temalign.service.schedule import PlanState, observe, plan_next
 from temalign.timetext import iso_time
@@ -99,6 +100,7 @@ class Daemon:
         self._signals = False
         self._metrics_served = False
         self._control: ControlServer | None = None
+        self._http: HttpControlServer | None = None
         self.last: list[JsonObject] = []
         """The last cycles, newest first (CycleResult.to_json, with their wall-clock `time`)."""
         self.started = False
@@ -141,6 +143,10 @@ class Daemon:
         if serve_control:
             self._control = ControlServer(s.control.socket, self.handle, s.control.group)
             self._control.start()
+            listen, token = s.control.http_host_port, s.control.http_token
+            if listen is not None and token is not None:
+                self._http = HttpControlServer(listen[0], listen[1], token, self.handle)
+                self._http.start()
         if schedule:
             self._start_scheduler()
         self.started = True
@@ -156,7 +162,8 @@ class Daemon:
                  config=None if self.config_path is None else str(self.config_path),
                  microscope=s.microscope.address, mode=self.run_state().mode, state=self.state_name(),
                  model=str(s.estimator.model), calibrated=self.estimator.calibration is not None,
-                 metrics=metrics, control=str(s.control.socket) if self._control is not None else "off")
+                 metrics=metrics, control=str(s.control.socket) if self._control is not None else "off",
+                 http_control=self.http_url or "off")
 
     def _start_scheduler(self) -> None:
         """One cycle job: first run a second after start; each cycle then moves the job's next run to
@@ -258,6 +265,16 @@ class Daemon:
     def handle(self, verb: str, args: JsonObject, caller: Caller) -> JsonObject:
         """A control request (service.verbs); raises ValueError to refuse it."""
         return verbs.handle(self, verb, args, caller)
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """Where the HTTP control endpoint listens, or None when it is off."""
+        return self._http.address if self._http is not None else None
+
+    @property
+    def http_url(self) -> str | None:
+        """`http://HOST:PORT` of the HTTP control endpoint, or None when it is off."""
+        return self._http.url if self._http is not None else None
 
     def uptime_s(self) -> float:
         """Seconds since `start()` (0 before it)."""
@@ -373,6 +390,8 @@ class Daemon:
             return "the control socket's listener died"
         if self._metrics_served and not self.metrics.alive():
             return "the metrics endpoint's listener died"
+        if self._http is not None and not self._http.alive():
+            return "the HTTP control endpoint's listener died"
         if self._scheduler is not None and not self._scheduler.running:
             return "the scheduler stopped"
         return None
@@ -404,6 +423,9 @@ class Daemon:
             if self._control is not None:
                 self._control.close()
                 self._control = None
+            if self._http is not None:
+                self._http.close()
+                self._http = None
             if self.started:
                 self.journal.append("stop")
                 self.started = False

@@ -86,16 +86,19 @@ def _misalignment(s: Mapping[str, object]) -> str:
                 f"({est.get('stage')}{'; ' + ', '.join(figures) if figures else ''})")
     else:
         line = "misalignment: no estimate yet"
-    if column.get("read"):
-        if column.get("aperture_moved"):
-            line += (f"; stale: the aperture is at {pair(column.get('aperture'))}, "
-                     f"{units(column.get('moved_units'))} units from where the daemon left it")
-        elif column.get("c1_changed"):
-            line += "; stale: C1 was changed since"
-        elif est is not None:
-            line += "; the aperture has not moved since"
-    else:
-        line += f"; the column was not read now ({column.get('why')})"
+    if not column.get("read"):
+        return line + f"; the column was not read now ({column.get('why')})"
+    if isinstance(est, Mapping) and est.get("stale"):
+        moved = est.get("moved_since_units")
+        why = [f"the aperture has moved {units(moved)} units since, to {pair(column.get('aperture'))}"
+               ] if isinstance(moved, int | float) and moved > 0 else []
+        why += ["C1 was changed since"] if column.get("c1_changed") else []
+        line += "; stale: " + " and ".join(why)
+    elif isinstance(est, Mapping):
+        line += "; the aperture has not moved since"
+    if column.get("aperture_moved") and not (isinstance(est, Mapping) and est.get("stale")):
+        line += (f"; the aperture is at {pair(column.get('aperture'))}, {units(column.get('moved_units'))} "
+                 "units from where the daemon left it")
     return line
 
 

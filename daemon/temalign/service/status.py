@@ -16,6 +16,7 @@ from temalign import __version__
 from temalign.decide.column import aperture_moved, c1_changed, is_paused
 from temalign.protocol.errors import ProtocolError
 from temalign.record.state import RunState
+from temalign.record.summary import cycle_summary
 from temalign.timetext import iso_time
 from temalign.values import JsonObject
 
@@ -34,8 +35,8 @@ def status(daemon: Daemon) -> JsonObject:
     parts = daemon.parts
     column = column_now(daemon, st)
     estimate = last_estimate(daemon.last)
-    if estimate is not None and column.get("changed"):
-        estimate["stale"] = True
+    if estimate is not None:
+        _judge(estimate, column, s.safety.motor_tolerance_units)
     next_at, next_look = daemon.next_cycle()
     timed_pause = paused and st.paused_until is not None and st.paused_until != math.inf
     reply: JsonObject = {
@@ -70,18 +71,32 @@ def status(daemon: Daemon) -> JsonObject:
     return reply
 
 
+def _judge(estimate: JsonObject, column: JsonObject, tolerance: float) -> None:
+    """Mark the estimate stale when the aperture read now is not where it was measured (a person
+    moved it since), or C1 was changed: the figure then describes a column that is no more."""
+    at, now = estimate.get("position"), column.get("aperture")
+    if not column.get("read") or at is None or now is None:
+        estimate["stale"] = None  # not known
+        return
+    moved = math.dist(now, at)
+    estimate["moved_since_units"] = round(moved, 1)
+    estimate["stale"] = moved > tolerance or bool(column.get("c1_changed"))
+
+
 def public_cycle(cycle: JsonObject) -> JsonObject:
     """A cycle as status shows it: its wall-clock `time`, not the clock reading `started` (a
-    monotonic clock's seconds, which mean nothing to a person)."""
-    return {key: value for key, value in cycle.items() if key != "started"}
+    monotonic clock's seconds, which mean nothing to a person), and its `summary` line."""
+    shown = {key: value for key, value in cycle.items() if key != "started"}
+    return {"summary": cycle_summary(cycle), **shown}
 
 
 def last_estimate(cycles: list[JsonObject]) -> JsonObject | None:
     """The newest cycle's estimate as the cycle left the column: the verification's after a kept
     correction, the one before the move otherwise (a rolled-back move is undone); a cycle that
-    stopped at the two-frame check has the classical estimator's alone. None without one."""
+    stopped at the two-frame check has the classical estimator's alone. With the aperture
+    `position` it holds for (where that cycle left it). None without one."""
     for cycle in cycles:
-        when = {"time": cycle.get("time")}
+        when = {"time": cycle.get("time"), "position": cycle.get("position_after")}
         check = cycle.get("check")
         if cycle.get("outcome") == "checked" and check and check.get("misalignment") is not None:
             return {"misalignment": check["misalignment"], "delta": check["delta"], "model": None,

@@ -3,15 +3,15 @@ status|pause|resume|once|dry-run|hold clear|calibrate|reference set` do to a run
 dispatch table, whether they come over the control socket or the HTTP endpoint (one way to do
 each thing). Each request is audited in the journal with its caller before it runs.
 
-A verb returns its own result; or a sentence, which the reply carries as `message` beside the
-status after it ("already paused until resumed; kept", "no hold to clear"), so a request that had
-nothing to do says so; or None for the status alone."""
+A verb returns its own result; or a `Said` sentence, which the reply carries as `message` beside
+the status after it ("already paused until resumed; kept", "no hold to clear"), with `changed`
+false when the request had nothing to do; or None for the status alone."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import structlog
 
@@ -34,7 +34,17 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("temalign")
 Reply = JsonObject
-Verb = Callable[["Daemon", JsonObject, Caller], "Reply | str | None"]
+
+
+class Said(NamedTuple):
+    """What a verb tells its caller, and whether it changed anything (an acquisition script resumes
+    only a pause it made: temalign.client.Client.paused)."""
+
+    text: str
+    changed: bool = True
+
+
+Verb = Callable[["Daemon", JsonObject, Caller], "Reply | Said | None"]
 MAX_REASON_CHARS = 500
 """A pause reason is a few words shown by status; a longer one is a mistake (or an attack)."""
 
@@ -51,7 +61,7 @@ def handle(daemon: Daemon, verb: str, args: JsonObject, caller: Caller) -> Reply
         return reply
     daemon.publish_state()
     report = status(daemon, {}, caller)
-    return report if reply is None else {"message": reply, **report}
+    return report if reply is None else {"message": reply.text, "changed": reply.changed, **report}
 
 
 def status(daemon: Daemon, args: JsonObject, caller: Caller) -> Reply:
@@ -70,7 +80,7 @@ def _flag(args: JsonObject, name: str, verb: str) -> bool:
     return value
 
 
-def pause(daemon: Daemon, args: JsonObject, caller: Caller) -> str:
+def pause(daemon: Daemon, args: JsonObject, caller: Caller) -> Said:
     """Pause, until resumed or for `for_s`. A shorter pause does not replace a longer or an
     open-ended one unless `replace` is true: two people (or a person and an acquisition script)
     pausing for their own reasons must not cut each other's pause short."""
@@ -87,27 +97,27 @@ def pause(daemon: Daemon, args: JsonObject, caller: Caller) -> str:
     st = daemon.run_state()
     if is_paused(st.paused_until, now) and st.paused_until is not None and until < st.paused_until \
             and not replace:
-        return (f"already paused {_until(st.paused_until)} ({st.pause_reason}): kept; a pause {asked} "
-                "would shorten it (`--replace` to do that)")
+        return Said(f"already paused {_until(st.paused_until)} ({st.pause_reason}): kept; a pause {asked} "
+                    "would shorten it (`--replace` to do that)", changed=False)
     text = reason or f"paused by {caller.who}"
     daemon.store.update(paused_until=until, pause_reason=text)
     log.info("pause", until="resumed" if until == math.inf else iso_time(until), reason=text, by=caller.who)
-    return f"paused {'until resumed' if until == math.inf else asked + ', ' + _until(until)}" + (
-        f": {reason}" if reason else "")
+    return Said(f"paused {'until resumed' if until == math.inf else asked + ', ' + _until(until)}"
+                + (f": {reason}" if reason else ""))
 
 
 def _until(epoch: float) -> str:
     return "until resumed" if epoch == math.inf else f"until {format_when(epoch)}"
 
 
-def resume(daemon: Daemon, args: JsonObject, caller: Caller) -> str:
+def resume(daemon: Daemon, args: JsonObject, caller: Caller) -> Said:
     """The person who resumes accepts the column as it is now (after moving it by hand). With no
     pause in place it changes nothing: accepting the column then would hide a person's move from
     the next cycle."""
     st = daemon.run_state()
     in_hold = f"; still in hold ({st.hold}): `temalign hold clear`" if st.hold else ""
     if not is_paused(st.paused_until, daemon.wall()):
-        return "not paused: nothing to resume" + in_hold
+        return Said("not paused: nothing to resume" + in_hold, changed=False)
     where = read_position(daemon.microscope)
     try:
         c1: float | None = float(daemon.microscope.c1())
@@ -120,35 +130,35 @@ def resume(daemon: Daemon, args: JsonObject, caller: Caller) -> str:
         changes["last_c1"] = c1
     daemon.store.update(**changes)
     log.info("resume", by=caller.who, was=st.pause_reason)
-    return "resumed: the aperture and C1 are taken as they are now" + in_hold
+    return Said("resumed: the aperture and C1 are taken as they are now" + in_hold)
 
 
 MODES = {True: "on: measures and reports, never moves", False: "off: live, corrects the aperture"}
 
 
-def dry_run(daemon: Daemon, args: JsonObject, caller: Caller) -> str:
+def dry_run(daemon: Daemon, args: JsonObject, caller: Caller) -> Said:
     """Switch dry-run on or off; without `on`, say which it is."""
     on = args.get("on")
     now_on = daemon.run_state().mode == "dry-run"
     if on is None:
-        return "dry-run is " + MODES[now_on]
+        return Said("dry-run is " + MODES[now_on], changed=False)
     if not isinstance(on, bool):
         raise ValueError("dry-run needs on: true or false (or nothing, to show the mode)")
     if on == now_on:
-        return "dry-run is already " + MODES[on]
+        return Said("dry-run is already " + MODES[on], changed=False)
     daemon.store.update(mode="dry-run" if on else "live")
     log.info("dry-run", on=on, by=caller.who)
-    return "dry-run " + MODES[on]
+    return Said("dry-run " + MODES[on])
 
 
-def hold_clear(daemon: Daemon, args: JsonObject, caller: Caller) -> str:
+def hold_clear(daemon: Daemon, args: JsonObject, caller: Caller) -> Said:
     hold = daemon.run_state().hold
     if hold is None:
-        return "no hold to clear"
+        return Said("no hold to clear", changed=False)
     daemon.store.update(hold=None)
     daemon.parts.failure_count.success()
     log.info("hold cleared", was=hold, by=caller.who)
-    return f"hold cleared (it was: {hold})"
+    return Said(f"hold cleared (it was: {hold})")
 
 
 def once(daemon: Daemon, args: JsonObject, caller: Caller) -> Reply:
@@ -156,7 +166,7 @@ def once(daemon: Daemon, args: JsonObject, caller: Caller) -> Reply:
     return daemon.cycle(asked="force" if force else "once", progress=caller.progress).to_json()
 
 
-def reference_set(daemon: Daemon, args: JsonObject, caller: Caller) -> str:
+def reference_set(daemon: Daemon, args: JsonObject, caller: Caller) -> Said:
     where = read_position(daemon.microscope)
     if where is None:
         raise ValueError("cannot read the aperture position from the microscope")
@@ -164,7 +174,7 @@ def reference_set(daemon: Daemon, args: JsonObject, caller: Caller) -> str:
     daemon.store.update(reference=where, reference_set_by=who, last_position=where)
     daemon.journal.append("reference", position=where, set_by=who)
     log.info("reference set", position=where, by=who)
-    return f"reference set to ({where[0]}, {where[1]}), where the aperture is now"
+    return Said(f"reference set to ({where[0]}, {where[1]}), where the aperture is now")
 
 
 def calibrate(daemon: Daemon, args: JsonObject, caller: Caller) -> Reply:
