@@ -133,6 +133,9 @@ def test_the_cli_against_a_running_daemon(make_twin: Any, short_dir: Path) -> No
 
         once = run_cli("once", "-s", sock)
         assert once.returncode == 0 and once.stdout.startswith("dry_run"), once
+        as_json = json.loads(run_cli("once", "-s", sock, "--json").stdout)
+        assert "started" not in as_json and datetime.fromisoformat(as_json["time"]).tzinfo is not None
+        assert as_json["summary"].startswith("dry_run")
         steps = [line.split(" ", 1)[1] for line in once.stderr.splitlines()]
         assert steps[0].startswith("wobble: C1 through 7 values"), once.stderr
         assert any(step.startswith("estimate: |m| ") for step in steps), steps
@@ -201,7 +204,9 @@ def test_status_shows_the_estimate_after_a_correction_and_a_hand_move(make_twin:
     offset(served, 60, -45)
     (short_dir / "state").mkdir()
     save_calibration(short_dir / "state", nominal_calibration())
-    daemon = start_daemon(served, connect, short_dir, wobble={"settle_s": 0.01})
+    # one estimator: the nominal calibration does not scale the model's output to this column
+    daemon = start_daemon(served, connect, short_dir, wobble={"settle_s": 0.01},
+                          estimator={"use": "classical"})
     sock = daemon.settings.control.socket
     try:
         request(sock, "dry-run", {"on": False})

@@ -211,6 +211,11 @@ class Daemon:
               progress: Callable[[str], None] | None = None) -> CycleResult:
         """One cycle under the lock (a scheduled one and `once` never overlap), then the record.
         `progress` gets each step as it happens (service.progress)."""
+        return self.cycle_reported(asked=asked, look=look, progress=progress)[0]
+
+    def cycle_reported(self, *, asked: Asked = "schedule", look: str = "full",
+                       progress: Callable[[str], None] | None = None) -> tuple[CycleResult, JsonObject]:
+        """`cycle`, with the cycle as `last` has it (its wall-clock `time`): what `once` shows."""
         started_at = self.wall()
         with self.lock:
             watching = (self.journal.observed(progress_observer(progress)) if progress is not None
@@ -219,10 +224,9 @@ class Daemon:
                 if self.memory.exists():
                     self.recover()
                 result = run_cycle(self.parts, asked=asked, look=look)
-        self._record(result, started_at)
-        return result
+        return result, self._record(result, started_at)
 
-    def _record(self, result: CycleResult, started_at: float) -> None:
+    def _record(self, result: CycleResult, started_at: float) -> JsonObject:
         """The cycle in the metrics, the status, the log and systemd's status line."""
         self.metrics.observe(result, reference=self.run_state().reference, timestamp=self.wall())
         self.microscope_up = result.reason != MICROSCOPE_UNREACHABLE
@@ -235,6 +239,7 @@ class Daemon:
             log.warning("hold", reason=self.run_state().hold or result.detail,
                         then="nothing moves until `temalign hold clear`")
         notify.status(self.status_line())
+        return summary
 
     # ---- state and control ------------------------------------------------------------------------
 

@@ -163,7 +163,8 @@ def hold_clear(daemon: Daemon, args: JsonObject, caller: Caller) -> Said:
 
 def once(daemon: Daemon, args: JsonObject, caller: Caller) -> Reply:
     force = _flag(args, "force", "once")
-    return daemon.cycle(asked="force" if force else "once", progress=caller.progress).to_json()
+    _, summary = daemon.cycle_reported(asked="force" if force else "once", progress=caller.progress)
+    return status_report.public_cycle(summary)
 
 
 def reference_set(daemon: Daemon, args: JsonObject, caller: Caller) -> Said:
