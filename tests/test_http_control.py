@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from test_daemon import config, free_port
 from test_fuzz_listeners import exchange, no_tracebacks
 
+from temalign.config.cli import summary
 from temalign.config.loader import parse_config
 from temalign.config.schema import Settings
 from temalign.errors import ConfigError
@@ -74,6 +75,9 @@ def test_the_endpoint_is_off_by_default_and_needs_a_private_token_file(tmp_path:
     (tmp_path / "http.token").chmod(0o640)
     settings = parse_config(open_to_all, tmp_path / "t.yaml")
     assert settings.control.http_host_port == ("127.0.0.1", 9642) and settings.control.http_token == TOKEN
+    control = dict(summary(settings))["control"]
+    assert f"HTTP control http://127.0.0.1:9642/v1/ (token in {tmp_path / 'http.token'})" in control
+    assert TOKEN not in control
     with pytest.raises(ConfigError, match=r"control\.http_listen"):
         parse_config(base + b'control: {http_listen: "localhost", http_token_file: http.token}\n',
                      tmp_path / "t.yaml")
