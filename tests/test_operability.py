@@ -6,6 +6,7 @@ stdout), and progress lines for `once`. Against the twin and a real `temalign ru
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
@@ -28,7 +29,7 @@ from test_daemon import config, offset, start_daemon
 from temalign.cli import build_parser
 from temalign.record.logs import configure_logging, cycle_line
 from temalign.record.native_output import native_output_logged
-from temalign.service.control import request
+from temalign.service.control import ControlError, request
 from temalign.service.describe import describe_status
 
 CLI = [sys.executable, "-m", "temalign.cli"]
@@ -235,6 +236,20 @@ def test_status_shows_the_estimate_after_a_correction_and_a_hand_move(make_twin:
         assert moved["last_cycles"] and all("started" not in c and "time" in c for c in moved["last_cycles"])
     finally:
         daemon.stop()
+
+
+def test_calibrate_through_the_daemon_says_each_step(make_twin: Any, connect: Any, short_dir: Path) -> None:
+    served = make_twin()
+    daemon = start_daemon(served, connect, short_dir, wobble={"settle_s": 0.01})
+    said: list[str] = []
+    try:
+        with contextlib.suppress(ControlError):  # the steps come whether or not the matrix fits
+            request(daemon.settings.control.socket, "calibrate", {"step_units": 60}, progress=said.append)
+    finally:
+        daemon.stop()
+    assert said[0].startswith("calibration at aperture (") and len(said) >= 4, said
+    assert any(line.startswith("wobble after +60 units in x") for line in said), said
+    assert any(line.startswith("aperture back at") for line in said), said
 
 
 # --- logs --------------------------------------------------------------------------------------------
