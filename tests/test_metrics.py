@@ -106,6 +106,19 @@ def test_figures_of_a_cycle_reach_the_exposition() -> None:
                  sha256="0123abcd") == 1.0
 
 
+def test_no_created_series_and_a_build_info() -> None:
+    text = populated().exposition().decode()
+    assert "_created" not in text, [line for line in text.splitlines() if "_created" in line][:3]
+    build = {dict(labels)["version"]: (dict(labels), v) for (name, labels), v in samples(populated()).items()
+             if name == "temalign_build_info"}
+    labels, one = build["0.1.0"]
+    assert one == 1.0 and labels["model"] == "wobble_physics" and labels["python"]
+    assert labels["litert"] != "absent"
+    metrics = Metrics()
+    metrics.set_model({"file": "mine.tflite", "preprocess": "p", "trained": "2026-01-01"})
+    assert value(metrics, "temalign_build_info", **{**labels, "model": "mine.tflite"}) == 1.0
+
+
 def test_every_outcome_and_limit_is_there_from_the_start() -> None:
     fresh = samples(Metrics())
     for outcome in CYCLE_OUTCOMES:
@@ -179,59 +192,59 @@ def test_promtool_accepts_the_rules_and_the_scrape_config() -> None:
 
 
 @needs_promtool
-def test_alert_rules_fire_when_they_should(tmp_path: Path) -> None:
-    """promtool's rule unit tests, on a copy of the rules without annotations (promtool would
-    otherwise want every rendered summary spelled out): the expressions are the shipped ones."""
-    rules = yaml.safe_load((PROMETHEUS_DIR / "temalign-alerts.yml").read_text())
-    for group in rules["groups"]:
-        for rule in group["rules"]:
-            rule.pop("annotations", None)
-    (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
-    tests = {
-        "rule_files": [str(tmp_path / "rules.yml")],
-        "evaluation_interval": "1m",
-        "tests": [{
-            "interval": "1m",
-            "input_series": [
-                {"series": 'temalign_state{temalign_state="hold", job="temalign", instance="pc:9641"}',
-                 "values": "0 0 1x10"},
-                {"series": 'temalign_last_success_timestamp_seconds{job="temalign", instance="pc:9641"}',
-                 "values": "0x30"},
-                {"series": 'temalign_microscope_up{job="temalign", instance="pc:9641"}',
-                 "values": "1 1 0x10"},
-                {"series": 'up{job="temalign", instance="pc:9641"}', "values": "1 0x10"},
-                {"series": 'temalign_cycles_total{outcome="refused_low_confidence", job="temalign", '
-                           'instance="pc:9641"}', "values": "0+1x150"},
-                {"series": 'temalign_cycles_total{outcome="corrected", job="temalign", instance="pc:9641"}',
-                 "values": "0x150"},
-            ],
-            "alert_rule_test": [
-                {"eval_time": "1m", "alertname": "TemalignInHold", "exp_alerts": []},
-                {"eval_time": "5m", "alertname": "TemalignInHold", "exp_alerts": [
-                    {"exp_labels": {"severity": "warning", "temalign_state": "hold", "job": "temalign",
-                                    "instance": "pc:9641"}}]},
-                {"eval_time": "10m", "alertname": "TemalignNoSuccessfulCycle", "exp_alerts": []},
-                {"eval_time": "20m", "alertname": "TemalignNoSuccessfulCycle", "exp_alerts": [
-                    {"exp_labels": {"severity": "warning", "job": "temalign", "instance": "pc:9641"}}]},
-                {"eval_time": "9m", "alertname": "TemalignMicroscopeUnreachable", "exp_alerts": [
-                    {"exp_labels": {"severity": "warning", "job": "temalign", "instance": "pc:9641"}}]},
-                {"eval_time": "5m", "alertname": "TemalignDown", "exp_alerts": [
-                    {"exp_labels": {"severity": "critical", "job": "temalign", "instance": "pc:9641"}}]},
-                {"eval_time": "2h", "alertname": "TemalignManyRefusals", "exp_alerts": [
-                    {"exp_labels": {"severity": "info", "instance": "pc:9641"}}]},
-            ],
-        }],
-    }
-    path = tmp_path / "rules_test.yml"
-    path.write_text(yaml.safe_dump(tests))
-    result = subprocess.run([PROMTOOL, "test", "rules", str(path)], capture_output=True, text=True,
-                            timeout=60)
+def test_promtool_test_rules_passes_and_covers_every_alert() -> None:
+    """The shipped unit tests of the rules (config/prometheus/temalign-alerts.test.yml): every alert
+    quiet before its time, firing after it, with its labels and rendered annotations."""
+    result = subprocess.run([PROMTOOL, "test", "rules", "temalign-alerts.test.yml"], cwd=PROMETHEUS_DIR,
+                            capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+    alerts = {rule["alert"] for group in yaml.safe_load((PROMETHEUS_DIR / "temalign-alerts.yml").read_text())
+              ["groups"] for rule in group["rules"]}
+    tests = yaml.safe_load((PROMETHEUS_DIR / "temalign-alerts.test.yml").read_text())["tests"]
+    cases = [case for test in tests for case in test["alert_rule_test"]]
+    firing = {case["alertname"] for case in cases if case["exp_alerts"]}
+    quiet = {case["alertname"] for case in cases if not case["exp_alerts"]}
+    assert firing == alerts and quiet == alerts, (alerts, firing, quiet)
+    assert all("exp_annotations" in alert for case in cases for alert in case["exp_alerts"])
 
 
-def dashboard_expressions() -> list[str]:
+@needs_promtool
+def test_promtool_test_rules_fails_when_a_rule_breaks(tmp_path: Path) -> None:
+    """The rule tests can fail: a threshold moved past the test's time is caught."""
+    for name in ("temalign-alerts.yml", "temalign-alerts.test.yml"):
+        (tmp_path / name).write_text((PROMETHEUS_DIR / name).read_text())
+    rules = tmp_path / "temalign-alerts.yml"
+    rules.write_text(rules.read_text().replace("> 1800", "> 3600"))
+    result = subprocess.run([PROMTOOL, "test", "rules", "temalign-alerts.test.yml"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "TemalignNoSuccessfulCycle" in result.stdout + result.stderr
+
+
+def test_the_rules_comment_names_the_schedule_keys_and_their_defaults() -> None:
+    from temalign.config.schema import ScheduleSettings
+
+    text = (PROMETHEUS_DIR / "temalign-alerts.yml").read_text()
+    assert "cycle.interval_s" not in text and "300 s" not in text
+    defaults = ScheduleSettings()
+    assert f"schedule.interval_s ({defaults.interval_s:g} s by default)" in text
+    assert f"schedule.max_interval_s\n# ({defaults.max_interval_s:g} s by default)" in text
+    threshold = re.search(r"temalign_last_success_timestamp_seconds > (\d+)", text)
+    assert threshold is not None and int(threshold.group(1)) == 3 * defaults.interval_s
+
+
+def test_prometheus_sends_alerts_to_a_local_alertmanager() -> None:
+    config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    targets = [t for manager in config["alerting"]["alertmanagers"] for sc in manager["static_configs"]
+               for t in sc["targets"]]
+    assert targets == ["127.0.0.1:9093"]
+    assert config["rule_files"] == ["temalign-alerts.yml"]
+
+
+def dashboard_expressions(instance: str | None = None) -> list[str]:
+    """The panels' queries; with `instance`, the `$instance` variable set to it, as Grafana does."""
     dashboard = json.loads(DASHBOARD.read_text())
-    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    return exprs if instance is None else [expr.replace("$instance", instance) for expr in exprs]
 
 
 def rule_expressions() -> list[str]:
@@ -252,6 +265,25 @@ def metric_names(expr: str) -> set[str]:
     expr = re.sub(r"\b(?:by|without|on|ignoring)\s*\([^)]*\)", "", expr)
     names = set(re.findall(r"(?<![\w.])[a-zA-Z_:][a-zA-Z0-9_:]*", expr))
     return {name for name in names if name not in PROMQL_WORDS}
+
+
+def test_the_dashboard_shows_one_instance_at_a_time_and_hold_in_red() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert "instance" in variables and "label_values(" in variables["instance"]["query"]["query"]
+    for expr in dashboard_expressions():
+        selectors = re.findall(r"(temalign_[a-z_]+)(\{[^}]*\})?", expr)
+        assert selectors, expr
+        for name, matchers in selectors:
+            assert 'instance=~"$instance"' in matchers, f"{name} in {expr!r} is not per instance"
+        for grouping in re.findall(r"\b(?:sum|avg|max|min|count)\s+by\s*\(([^)]*)\)", expr):
+            assert "instance" in grouping, f"{expr!r} adds up several microscopes"
+        assert not re.search(r"\b(?:sum|avg|max|min|count)\s*\(", expr), f"{expr!r} aggregates all instances"
+    state = next(p for p in dashboard["panels"] if p["title"] == "State")
+    shown = {o["matcher"]["options"]: o["properties"][0]["value"][0]["options"]["1"]
+             for o in state["fieldConfig"]["overrides"]}
+    assert shown["hold"] == {"text": "hold", "color": "red"} and shown["running"]["color"] == "green"
+    assert "active" not in json.dumps(state)
 
 
 def test_every_metric_in_the_dashboard_and_rules_exists() -> None:
@@ -334,7 +366,8 @@ def test_a_real_prometheus_scrapes_the_endpoint(prometheus_scraping: tuple[int, 
     assert drift and float(drift[0]["value"][1]) == pytest.approx(5.0)
     state = query(port, 'temalign_state{temalign_state="running"}')
     assert float(state[0]["value"][1]) == 1.0
-    empty = dashboard_expressions()
+    empty = dashboard_expressions("{}:{}".format(*metrics.address or ("", 0)))
+    assert all("$instance" not in expr for expr in empty)
     while empty and time.monotonic() < deadline + 10.0:
         empty = [expr for expr in empty if not query(port, expr)]
         time.sleep(0.5)
@@ -393,7 +426,7 @@ def test_console_on_a_terminal_and_json_elsewhere_in_auto(restore_logging: None)
     configure_logging("info", "auto", tty)
     cycle_line(structlog.get_logger("temalign"), outcome="corrected", misalignment=12.5)
     text = tty.getvalue()
-    assert "\x1b[" in text and "cycle" in text and "misalignment" in text
+    assert "\x1b[" in text and "cycle corrected" in text
     with pytest.raises(json.JSONDecodeError):
         json.loads(text)
     pipe = io.StringIO()

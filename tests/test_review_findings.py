@@ -473,7 +473,8 @@ def test_a_full_disk_mid_cycle_is_the_daemons_own_doing(make_twin: Any, connect:
             after = request(sock, "once")
             assert after["reason"] != "aperture_moved", "the daemon's own move was blamed on a person"
             saved = json.loads((state_dir / "state.json").read_text())
-            assert tuple(saved["last_position"]) == pytest.approx(moved_to, abs=12)  # not 200 units back
+            # not 200 units back; the second cycle may correct the first's residual (~15 units)
+            assert tuple(saved["last_position"]) == pytest.approx(moved_to, abs=30)
         finally:
             daemon.stop()
 

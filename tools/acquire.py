@@ -355,7 +355,10 @@ def merge_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    from extras import require
     from trainkit.spiral import default_revolutions, spiral
+
+    require("tools/acquire.py", "train", "tqdm")  # the progress bar; before anything connects or moves
 
     import temalign
     from temalign.clock import ScaledClock, SteppedClock

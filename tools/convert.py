@@ -22,7 +22,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the console
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trainkit.conversion import QUANTISATIONS, NonBuiltinOps, export
+from extras import require
+
+require("tools/convert.py", "train", "keras", "tensorflow")
+
+from trainkit.conversion import QUANTISATIONS, NonBuiltinOps, export  # noqa: E402 (after the check)
 
 
 def parser() -> argparse.ArgumentParser:

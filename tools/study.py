@@ -24,9 +24,13 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trainkit import models
-from trainkit.conversion import convert, latency
-from trainkit.training import TrainConfig, train
+from extras import require
+
+require("tools/study.py", "train", "keras", "tensorflow", "matplotlib")
+
+from trainkit import models  # noqa: E402 (after the check that says which extra is missing)
+from trainkit.conversion import convert, latency  # noqa: E402
+from trainkit.training import TrainConfig, train  # noqa: E402
 
 TRAIN = ["data/n10.npz", "data/n13.npz"]
 EVAL = ["data/n14.npz", "data/n6.npz", "data/far.npz", "data/low-dose.npz", "data/large-aperture.npz"]

@@ -20,8 +20,12 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the console
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from trainkit import models
-from trainkit.training import SCALINGS, TrainConfig, train
+from extras import require
+
+require("tools/train.py", "train", "keras", "tensorflow", "matplotlib")
+
+from trainkit import models  # noqa: E402 (after the check that says which extra is missing)
+from trainkit.training import SCALINGS, TrainConfig, train  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:

@@ -66,6 +66,9 @@ def plot(rows: list[tuple[str, list[np.ndarray]]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from extras import require
+
+    require("tools/twin_gallery.py", "demo", "matplotlib")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--optics", choices=("first-order", "traced"), default="traced")
     parser.add_argument("--columns", nargs="+", default=list(COLUMNS), choices=list(COLUMNS))

@@ -107,6 +107,7 @@ def summary(settings: Settings, card: JsonObject | None = None) -> list[tuple[st
                   f"latency {_seconds(src.screen.latency_s)}")
     state = settings.paths.state_dir
     sf, sc = settings.safety, settings.schedule
+    checks = f"checks at most {_seconds(sc.check_interval_s)} apart" if sc.check_interval_s else "no checks"
     return [
         ("microscope", f"{m.address}, {token}; timeouts call {_seconds(m.call_timeout_s)}, "
                        f"connect {_seconds(m.connect_timeout_s)}, acquire {_seconds(m.acquire_timeout_s)}"),
@@ -120,8 +121,14 @@ def summary(settings: Settings, card: JsonObject | None = None) -> list[tuple[st
                      f"{sf.max_step_units:g}, deadband {sf.deadband_units:g}, gain {sf.gain:g}, "
                      f"{sf.rate_limit_units_per_hour:g} units/h ({sf.on_limit} beyond), hold after "
                      f"{sf.hold_after_failures} failures"),
-        ("schedule", f"every {_seconds(sc.interval_s)} (±{_seconds(sc.jitter_s)}), first start {sc.mode}"),
+        ("schedule", (f"adaptive, {_seconds(sc.min_interval_s)} to {_seconds(sc.max_interval_s)} apart "
+                      f"({checks}; {_seconds(sc.interval_s)} after an error or a refusal)" if sc.adaptive
+                      else f"every {_seconds(sc.interval_s)}")
+                     + f" (±{_seconds(sc.jitter_s)}), first start {sc.mode}"),
         ("control", f"{settings.control.socket}; metrics "
                     + (f"http://{settings.metrics.host}:{settings.metrics.port}/metrics"
-                       if settings.metrics.enabled else "off")),
+                       if settings.metrics.enabled else "off")
+                    + "; HTTP control " + (f"http://{settings.control.http_listen}/v1/ (token in "
+                                           f"{settings.control.http_token_file})"
+                                           if settings.control.http_listen else "off")),
     ]

@@ -401,10 +401,51 @@ class MetricsSettings(Section):
 
 
 class ControlSettings(Section):
-    """The control socket the CLI verbs talk to (owner and group only)."""
+    """The control socket the CLI verbs talk to (owner and group only), and the optional HTTP
+    endpoint an acquisition script on another PC pauses and resumes the daemon through."""
 
     socket: PathText = Path("/run/temalign/control.sock")
     group: str | None = None
+    http_listen: str | None = Field(
+        default=None, description="HOST:PORT of the HTTP control endpoint, or null (off)")
+    http_token_file: PathText | None = Field(
+        default=None, description="file holding the bearer token the HTTP endpoint requires")
+
+    _http_token: str | None = PrivateAttr(default=None)
+
+    @field_validator("http_listen", mode="before")
+    @classmethod
+    def _http_address(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return check_address(value)
+        return value
+
+    @field_validator("http_token_file")
+    @classmethod
+    def _http_token_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        return None if value is None else _resolve(value, info)
+
+    @model_validator(mode="after")
+    def _http_needs_a_token(self) -> ControlSettings:
+        if self.http_listen is not None and self.http_token_file is None:
+            raise key_error("http_token_file", "required when control.http_listen is set: the endpoint "
+                            "serves nothing without a token (a file readable by the daemon only)")
+        if self.http_token_file is not None:
+            try:
+                self._http_token = read_token(self.http_token_file)
+            except ValueError as error:
+                raise key_error("http_token_file", str(error)) from None
+        return self
+
+    @property
+    def http_host_port(self) -> tuple[str, int] | None:
+        """(host, port) of the HTTP endpoint; None when it is off."""
+        return None if self.http_listen is None else parse_address(self.http_listen)
+
+    @property
+    def http_token(self) -> str | None:
+        """The token read from `http_token_file` at load time."""
+        return self._http_token
 
     @field_validator("socket")
     @classmethod

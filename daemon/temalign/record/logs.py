@@ -1,7 +1,9 @@
-"""Structured logs: JSON lines for journald and log shippers, readable colour on a terminal.
+"""Structured logs: JSON lines for journald and log shippers, short readable lines on a terminal.
 
 Everything goes through one stdlib handler whose formatter is structlog's ProcessorFormatter, so the
 daemon's own structlog events and library loggers (apscheduler, ...) come out in the same shape.
+On a terminal a cycle is one short line (record.summary: time, outcome, |m| before and after, the
+move); in JSON it carries every figure, and the same short line as `summary`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import structlog
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from temalign.record.summary import cycle_summary
 from temalign.values import jsonable
 
 LEVELS = ("debug", "info", "warning", "error")
@@ -31,6 +34,18 @@ def _jsonable_event(_logger: WrappedLogger, _method: str, event_dict: EventDict)
     ordered = {key: event_dict[key] for key in _LEADING_KEYS if key in event_dict}
     ordered.update(event_dict)
     return {str(key): jsonable(value, str(key), default=str) for key, value in ordered.items()}
+
+
+_CONSOLE_KEYS = ("timestamp", "level", "logger", "event", "_record", "_from_structlog")
+
+
+def _console_cycle(_logger: WrappedLogger, _method: str, event_dict: EventDict) -> EventDict:
+    """On a terminal a cycle is its summary line alone, not the ~1500 characters of its figures."""
+    if event_dict.get("event") == "cycle" and "outcome" in event_dict:
+        summary = event_dict.get("summary") or cycle_summary(event_dict)
+        event_dict = {key: event_dict[key] for key in _CONSOLE_KEYS if key in event_dict}
+        event_dict["event"] = f"cycle {summary}"
+    return event_dict
 
 
 def _serialize(obj: object, **kwargs: Any) -> str:
@@ -54,11 +69,14 @@ def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> Non
         fmt = "console" if is_tty else "json"
     numeric_level = getattr(logging, level.upper())
 
+    # JSON: UTC, ISO 8601, for machines; a terminal: the local time a person reads off the wall.
+    stamper = (structlog.processors.TimeStamper(fmt="iso", utc=True) if fmt == "json"
+               else structlog.processors.TimeStamper(fmt="%Y-%m-%d %H:%M:%S", utc=False))
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        stamper,
         structlog.stdlib.ExtraAdder(),
     ]
     renderer: Processor
@@ -74,7 +92,7 @@ def configure_logging(level: str, fmt: str, stream: TextIO | None = None) -> Non
     else:
         renderer = structlog.dev.ConsoleRenderer(
             colors=is_tty, exception_formatter=structlog.dev.plain_traceback)
-        final = [structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]
+        final = [_console_cycle, structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer]
 
     structlog.configure(
         processors=[
@@ -109,7 +127,8 @@ _CYCLE_LEVELS = {"error": logging.ERROR, "rolled_back": logging.WARNING, "hold":
 
 
 def cycle_line(logger: structlog.stdlib.BoundLogger, **fields: object) -> None:
-    """Emit the one canonical line of a cycle: event "cycle" with every figure of it as a field.
+    """Emit the one canonical line of a cycle: event "cycle" with every figure of it as a field, and
+    its `summary` (record.summary), the line a terminal shows instead of the figures.
 
     Values are made JSON here by the one rule of temalign/values.py (numpy scalars, tuples; NaN as
     "NaN") so the line reads the same in either format. Its level follows `outcome`: error for
@@ -118,5 +137,6 @@ def cycle_line(logger: structlog.stdlib.BoundLogger, **fields: object) -> None:
     """
     safe = {key: jsonable(value, key, default=str) for key, value in fields.items()}
     safe.pop("event", None)
+    safe["summary"] = cycle_summary(safe)
     level = _CYCLE_LEVELS.get(str(safe.get("outcome")), logging.INFO)
     logger.log(level, "cycle", **safe)

@@ -4,17 +4,22 @@ A registry per `Metrics` (not prometheus_client's global one) lets tests and two
 process coexist. Names follow Prometheus conventions: base units (the aperture motor's units, seconds),
 `_total` on counters, one `axis` label ("x", "y") instead of a metric per axis. Series whose value is
 unknown until the first cycle (per-axis estimates, position, drift) are absent until then rather than
-a misleading 0; unlabelled figures start as NaN.
+a misleading 0; unlabelled figures start as NaN. No counter or histogram exports a `_created`
+series (prometheus_client's default): it doubles the series and no dashboard or alert reads it.
+`temalign_build_info` names the version, the model in use and the runtimes, as Prometheus's own
+build info does.
 """
 
 from __future__ import annotations
 
 import math
+import platform
 import re
 import socket
 import threading
 import time
 from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
@@ -26,10 +31,12 @@ from prometheus_client import (
     Info,
     PlatformCollector,
     ProcessCollector,
+    disable_created_metrics,
     generate_latest,
     make_wsgi_app,
 )
 
+from temalign import __version__
 from temalign.errors import TemalignError
 from temalign.listeners import BoundedThreads, Serving
 from temalign.record.result import MICROSCOPE_UNREACHABLE, OUTCOMES, CycleResult
@@ -53,6 +60,17 @@ MAX_SCRAPERS = 8
 """Connections served at once: Prometheus scrapes with one, a person's curl with another."""
 SCRAPE_TIMEOUT_S = 10.0
 """How long a client may take to send its request before the connection is closed."""
+
+
+# Process-wide in prometheus_client (temalign is its only user in the daemon); the function is untyped.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+def _runtime_version(package: str) -> str:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "absent"
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -136,6 +154,14 @@ class Metrics:
             "model",
             "Identity of the estimator model in use",
             namespace=NAMESPACE, registry=r)
+        self.build_info = Info(
+            "build",
+            "The daemon's version, the model file in use and the runtimes it runs on",
+            namespace=NAMESPACE, registry=r)
+        self._build = {"version": __version__, "model": "", "python": platform.python_version(),
+                       "litert": _runtime_version("ai-edge-litert"),
+                       "prometheus_client": _runtime_version("prometheus-client")}
+        self.build_info.info(self._build)
         self.last_success = Gauge(
             "last_success_timestamp_seconds",
             "Unix time of the last cycle that ended without error (set to the start time at start)",
@@ -325,6 +351,8 @@ class Metrics:
                 name = f"k_{name.lstrip('_')}"
             labels[name] = str(value)
         self.model_info.info(labels)
+        self._build["model"] = str(identity.get("file", identity.get("name", "")))
+        self.build_info.info(self._build)
 
     def set_connection(self, up: bool) -> None:
         """Whether the microscope answers (`temalign_microscope_up`)."""

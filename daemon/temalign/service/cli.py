@@ -2,19 +2,25 @@
 (status, pause, resume, once, dry-run, hold clear, reference set, history, calibrate).
 
 Every verb takes `--config FILE` (default /etc/temalign/temalign.yaml, else the shipped file): the
-config names the control socket and the state directory. The verbs talk to the daemon over the
-control socket; `history` reads the journal itself, so it works with the daemon stopped."""
+config names the control socket and the state directory; `-s/--socket PATH` names the socket
+instead (the config is then not read). The verbs talk to the daemon over the control socket;
+`history` reads the journal itself, so it works with the daemon stopped. What they print is
+worded in service.describe."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from temalign.errors import TemalignError
+from temalign.record.summary import cycle_summary
+from temalign.service.describe import describe_cycle, describe_status
 
 if TYPE_CHECKING:
     from temalign.cli import Subparsers
@@ -22,9 +28,16 @@ if TYPE_CHECKING:
     from temalign.values import JsonObject
 
 
+SOCKET_HELP = "the daemon's control socket (default: control.socket of the config)"
+
+
 def _config_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, metavar="FILE",
                         help="config file (default /etc/temalign/temalign.yaml, else the shipped one)")
+
+
+def _socket_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-s", "--socket", type=Path, metavar="PATH", help=SOCKET_HELP)
 
 
 def _microscope_arg(parser: argparse.ArgumentParser) -> None:
@@ -35,68 +48,100 @@ def _json_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
 
 
+def _verb_parser(subparsers: Subparsers, name: str, summary: str, description: str
+                 ) -> argparse.ArgumentParser:
+    """A verb that talks to the running daemon: its help, --config and -s/--socket."""
+    p = subparsers.add_parser(name, help=summary, description=description)
+    _config_arg(p)
+    _socket_arg(p)
+    return p
+
+
 def register(subparsers: Subparsers) -> None:
-    """Add `run`, `status`, `pause`, `resume`, `once`, `dry-run`, `hold`, `reference`, `history`."""
-    p = subparsers.add_parser("run", help="run the alignment service (systemd runs this)",
-                              description="Run the service: a cycle every schedule.interval_s, the control "
-                                          "socket, the metrics endpoint. SIGTERM stops it cleanly.")
+    """Add `run`, `status`, `pause`, `resume`, `once`, `dry-run`, `hold`, `reference`, `calibrate`,
+    `history`."""
+    p = subparsers.add_parser(
+        "run", help="run the alignment service (systemd runs this)",
+        description="Run the service: cycles when the adaptive schedule says (a two-frame check at most "
+                    "schedule.check_interval_s apart while the column stays aligned, a full wobble at "
+                    "most schedule.max_interval_s apart, sooner after a jump or a rollback), the control "
+                    "socket, the metrics endpoint and, if configured, the HTTP control endpoint. SIGTERM "
+                    "stops it cleanly, SIGHUP reloads the config.")
     _config_arg(p)
     _microscope_arg(p)
     p.set_defaults(handler=run)
 
-    p = subparsers.add_parser("status", help="state, last cycles, misalignment, limits")
-    _config_arg(p)
+    p = _verb_parser(subparsers, "status", "state, last cycle, misalignment now, next cycle, limits",
+                     "Show the running daemon's state (the first line says when it is paused or in hold), "
+                     "the last cycle's estimate and whether the aperture moved since, the next cycle, "
+                     "uptime, pid, version and the model in use. Exit status as LSB says: 0 the daemon "
+                     "runs (whatever its state: --json's `state` tells them apart), 3 it does not, 4 its "
+                     "state cannot be told (no permission on the socket, an unreadable reply).")
     _json_arg(p)
-    p.set_defaults(handler=lambda a: _verb(a, "status"))
+    p.set_defaults(handler=status)
 
-    p = subparsers.add_parser("pause", help="stop wobbling (for an exposure), until resumed or for a time")
-    _config_arg(p)
+    p = _verb_parser(subparsers, "pause", "stop wobbling (for an exposure), until resumed or for a time",
+                     "Pause the daemon: no wobble starts until `temalign resume`, or until --for has "
+                     "passed (a cycle in flight stops before its next C1 step). A pause survives a "
+                     "restart. A shorter pause does not replace a longer or open-ended one already in "
+                     "place unless --replace.")
     p.add_argument("--for", dest="duration", metavar="DURATION",
-                   help="e.g. 90s, 15m, 2h (default: until resume)")
+                   help="how long, with its unit: 20s, 10m, 2h, 1d, 1h30m (default: until resume)")
     p.add_argument("--reason", help="shown by status and kept in the journal")
+    p.add_argument("--replace", action="store_true",
+                   help="replace a pause already in place even when this one is shorter")
     p.set_defaults(handler=pause)
 
-    p = subparsers.add_parser("resume", help="resume after pause (accepts the aperture and C1 as they are)")
-    _config_arg(p)
-    p.set_defaults(handler=lambda a: _verb(a, "resume"))
+    p = _verb_parser(subparsers, "resume", "resume after a pause (accepts the aperture and C1 as they are)",
+                     "End a pause. The aperture and C1 are taken as they are now: resume after moving "
+                     "the aperture or changing C1 by hand, and the daemon goes on from there. With no "
+                     "pause in place it says so and changes nothing.")
+    p.set_defaults(handler=lambda a: _command(a, "resume"))
 
-    p = subparsers.add_parser("once", help="run one cycle now and print its outcome (exit 1 if it failed)",
-                              description="Run one cycle now, in hold too (measuring only: a hold never "
-                                          "moves). A pause blocks it, as it blocks every wobble, unless "
-                                          "--force; nothing runs while the busy file exists. Exit status "
-                                          "1 when the cycle ended in an error or in hold.")
-    _config_arg(p)
+    p = _verb_parser(subparsers, "once", "run one cycle now and print its outcome (exit 1 if it failed)",
+                     "Run one cycle now, in hold too (measuring only: a hold never moves), each step "
+                     "shown on stderr as it happens. A pause blocks it, as it blocks every wobble, "
+                     "unless --force; nothing runs while the busy file exists. Exit status 1 when the "
+                     "cycle ended in an error or in hold.")
     _json_arg(p)
     p.add_argument("--force", action="store_true", help="run even while paused (never during the busy file)")
-    p.set_defaults(handler=lambda a: _verb(a, "once", {"force": a.force}))
+    p.set_defaults(handler=once)
 
-    p = subparsers.add_parser("dry-run", help="measure and report only (on), or move again (off)")
-    _config_arg(p)
-    p.add_argument("switch", choices=("on", "off"))
-    p.set_defaults(handler=lambda a: _verb(a, "dry-run", {"on": a.switch == "on"}))
+    p = _verb_parser(subparsers, "dry-run", "show the mode, or measure only (on) or move again (off)",
+                     "In dry-run the daemon wobbles and estimates on schedule and reports what it would "
+                     "do, but never moves the aperture. Without an argument, show which mode it is in. "
+                     "The switch takes effect at once and survives a restart.")
+    p.add_argument("switch", nargs="?", choices=("on", "off"),
+                   help="on: measure and report only; off: live, corrections are made (none: show the mode)")
+    p.set_defaults(handler=lambda a: _command(a, "dry-run",
+                                              {} if a.switch is None else {"on": a.switch == "on"}))
 
-    p = subparsers.add_parser("hold", help="clear a hold (after repeated failures) once the cause is fixed")
-    _config_arg(p)
-    p.add_argument("action", choices=("clear",))
-    p.set_defaults(handler=lambda a: _verb(a, "hold-clear"))
+    p = _verb_parser(subparsers, "hold", "clear a hold (after repeated failures) once the cause is fixed",
+                     "A hold stops all moves after repeated failures, a drift past max_excursion, a C1 "
+                     "that could not be put back or a disk that refused the record; status says which. "
+                     "Only a person clears it: `temalign hold clear`, once the cause is fixed.")
+    p.add_argument("action", choices=("clear",), help="clear: lift the hold")
+    p.set_defaults(handler=lambda a: _command(a, "hold-clear"))
 
-    p = subparsers.add_parser("reference", help="take the aperture's present position as the aligned one")
-    _config_arg(p)
-    p.add_argument("action", choices=("set",))
-    p.set_defaults(handler=lambda a: _verb(a, "reference-set"))
+    p = _verb_parser(subparsers, "reference", "take the aperture's present position as the aligned one",
+                     "Align by hand, then `temalign reference set`: the position now is the one the "
+                     "session is held to; the safety envelope (window, excursion) is measured from it.")
+    p.add_argument("action", choices=("set",), help="set: the aperture's present position")
+    p.set_defaults(handler=lambda a: _command(a, "reference-set"))
 
-    p = subparsers.add_parser("calibrate", help="measure how the spot walk follows the aperture (2 x 2)",
-                              description="Move the aperture by known steps in x and y, wobble at each, "
-                                          "and store the 2 x 2 calibration the classical estimator uses. "
-                                          "Goes through the running daemon when one runs (never during a "
-                                          "cycle); the aperture and C1 are put back in any case.")
-    _config_arg(p)
+    p = _verb_parser(subparsers, "calibrate", "measure how the spot walk follows the aperture (2 x 2)",
+                     "Move the aperture by known steps in x and y, wobble at each, and store the 2 x 2 "
+                     "calibration the classical estimator uses; each step is shown on stderr as it "
+                     "happens. Goes through the running daemon when one runs (never during a cycle); "
+                     "the aperture and C1 are put back in any case.")
     _microscope_arg(p)
     p.add_argument("--step", type=float, default=60.0, metavar="UNITS", help="step per axis (default 60)")
     _json_arg(p)
     p.set_defaults(handler=calibrate)
 
-    p = subparsers.add_parser("history", help="the last cycles, from the journal (daemon not needed)")
+    p = subparsers.add_parser("history", help="the last cycles, from the journal (daemon not needed)",
+                              description="The last cycles from the journal in the state directory, one "
+                                          "line each; works with the daemon stopped.")
     _config_arg(p)
     p.add_argument("-n", type=int, default=20, metavar="N", help="how many cycles (default 20)")
     _json_arg(p)
@@ -105,6 +150,9 @@ def register(subparsers: Subparsers) -> None:
 
 FAILED_OUTCOMES = ("error", "hold")
 """The outcomes of a `temalign once` that exits 1: the cycle could not do its job."""
+STATUS_NOT_RUNNING = 3
+STATUS_UNKNOWN = 4
+"""LSB's exit statuses of `status` (0: running)."""
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -114,95 +162,76 @@ def _settings(args: argparse.Namespace) -> Settings:
     return apply_overrides(settings, microscope=getattr(args, "microscope", None))
 
 
-def _verb(args: argparse.Namespace, verb: str, extra: JsonObject | None = None) -> int:
+def _socket(args: argparse.Namespace) -> Path:
+    """-s/--socket, else the config's control.socket (the config is not read with -s)."""
+    given: Path | None = getattr(args, "socket", None)
+    return given if given is not None else _settings(args).control.socket
+
+
+def _say(text: str) -> None:
+    """A progress line from the daemon, on stderr (stdout keeps the result alone, --json too)."""
+    print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
+
+
+def _verb(args: argparse.Namespace, verb: str, extra: JsonObject | None = None,
+          progress: Callable[[str], None] | None = None) -> JsonObject:
+    """Send `verb`, print its reply (its message, or the status), return it."""
     from temalign.service.control import request
 
-    settings = _settings(args)
-    result = request(settings.control.socket, verb, extra or {})
+    result = request(_socket(args), verb, extra or {}, progress=progress)
     if getattr(args, "json", False):
         print(json.dumps(result, indent=1, default=str))
     elif verb == "once":
         print(describe_cycle(result))
+    elif "message" in result:
+        print(result["message"])
     else:
         print(describe_status(result))
-    if verb == "once" and result.get("outcome") in FAILED_OUTCOMES:
-        return 1
+    return result
+
+
+def _command(args: argparse.Namespace, verb: str, extra: JsonObject | None = None) -> int:
+    """A verb whose reply is a message or the status: exit 0 when the daemon took it."""
+    _verb(args, verb, extra)
     return 0
 
 
-def parse_duration(text: str) -> float:
-    """"90s", "15m", "2h", "1h30m" or plain seconds -> seconds; ValueError names the text."""
-    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-    text = text.strip().lower()
-    total, number = 0.0, ""
+def status(args: argparse.Namespace) -> int:
+    """LSB: 0 the daemon runs, 3 it does not, 4 its state is unknown."""
+    from temalign.service.control import ControlError, NotRunning
+
     try:
-        total = float(text)
-    except ValueError:
-        pass
-    else:
-        if not (math.isfinite(total) and total > 0):
-            raise ValueError(f"not a duration: {text!r} (a positive time, e.g. 90s, 15m, 2h, 1h30m)")
-        return total
-    for ch in text:
-        if ch.isdigit() or ch == ".":
-            number += ch
-        elif ch in units and number:
-            total += float(number) * units[ch]
-            number = ""
-        else:
-            raise ValueError(f"not a duration: {text!r} (examples: 90s, 15m, 2h, 1h30m)")
-    if number or total <= 0:
-        raise ValueError(f"not a duration: {text!r} (examples: 90s, 15m, 2h, 1h30m)")
-    return total
+        _verb(args, "status")
+    except NotRunning as error:
+        print(f"temalign: not running: {error}", file=sys.stderr)
+        return STATUS_NOT_RUNNING
+    except ControlError as error:
+        print(f"temalign: error: {error}", file=sys.stderr)
+        return STATUS_UNKNOWN
+    return 0
+
+
+def once(args: argparse.Namespace) -> int:
+    result = _verb(args, "once", {"force": args.force}, progress=_say)
+    return 1 if result.get("outcome") in FAILED_OUTCOMES else 0
 
 
 def pause(args: argparse.Namespace) -> int:
-    extra: JsonObject = {"reason": args.reason}
+    from temalign.timetext import parse_duration
+
+    extra: JsonObject = {"reason": args.reason, "replace": args.replace}
     if args.duration:
         try:
             extra["for_s"] = parse_duration(args.duration)
         except ValueError as error:
-            raise TemalignError(str(error)) from None
-    return _verb(args, "pause", extra)
+            raise UsageError(f"pause --for: {error}") from None
+    return _command(args, "pause", extra)
 
 
-def describe_status(s: JsonObject) -> str:
-    """The status as a few lines a person reads at the column."""
-    lines = [f"state: {s['state']}" + (f" ({s['hold']})" if s.get("hold") else "")
-             + (f", mode {s['mode']}" if s["state"] not in ("dry_run",) else "")]
-    if s.get("paused"):
-        until = s.get("paused_until")
-        when = ("until resumed" if until is None
-                else "until " + time.strftime("%H:%M:%S", time.localtime(until)))
-        lines.append(f"paused {when}: {s.get('pause_reason')}")
-    lines.append(f"reference: {s.get('reference')} ({s.get('reference_set_by') or 'not set yet'}); "
-                 f"aperture last at {s.get('last_position')}")
-    est = s.get("misalignment")
-    if est:
-        m = est.get("misalignment")
-        lines.append(f"misalignment: {m if m is not None else 'unknown'} units (model {est.get('model')}, "
-                     f"classical {est.get('classical')}, {est.get('reason')})")
-    if s.get("calibration_note"):
-        lines.append(s["calibration_note"])
-    lim = s.get("limits", {})
-    lines.append(f"limits: window ±{lim.get('window_units')}, excursion {lim.get('max_excursion_units')}, "
-                 f"step {lim.get('max_step_units')}, deadband {lim.get('deadband_units')}, "
-                 f"gain {lim.get('gain')}; moved {s.get('moved_last_hour_units')} of "
-                 f"{lim.get('rate_limit_units_per_hour')} units this hour")
-    for c in s.get("last_cycles", [])[:5]:
-        lines.append("  " + describe_cycle(c))
-    return "\n".join(lines)
+class UsageError(TemalignError):
+    """A command-line mistake: exit status 2, as argparse's own."""
 
-
-def describe_cycle(c: JsonObject) -> str:
-    """One cycle in one line: outcome, estimate, decision, positions."""
-    before = c.get("before") or {}
-    m = before.get("misalignment")
-    est = f"|m| {m:.1f}" if isinstance(m, int | float) and math.isfinite(m) else "no estimate"
-    if c.get("outcome") == "checked":
-        return f"checked: {c.get('detail')} [{c.get('position_before')}]"
-    return (f"{c.get('outcome')}: {c.get('detail')} [{est}; model {before.get('model')}, classical "
-            f"{before.get('classical')}; {c.get('position_before')} -> {c.get('position_after')}]")
+    exit_status = 2
 
 
 def history(args: argparse.Namespace) -> int:
@@ -218,20 +247,33 @@ def history(args: argparse.Namespace) -> int:
         print(json.dumps(cycles, indent=1, default=str))
     else:
         for c in cycles:
-            print(f"{c.get('time', '')}  {describe_cycle(c)}")
+            print(f"{_local(c.get('time'))}  {cycle_summary(c)}")
     return 0
 
 
+def _local(stamp: object) -> str:
+    """A journal time (UTC, ISO 8601) in the local zone, without the date when it is today."""
+    from temalign.service.describe import when
+
+    text = str(stamp or "")
+    return when(text.replace("Z", "+00:00")) or text
+
+
 def run(args: argparse.Namespace) -> int:
+    import structlog
+
     from temalign.protocol.tcp_microscope import TcpMicroscope
     from temalign.record.logs import configure_logging
+    from temalign.record.native_output import native_output_logged
     from temalign.service.daemon import Daemon
 
     settings = _settings(args)
     configure_logging(settings.logging.level, settings.logging.format)
     ms = settings.microscope
     microscope = TcpMicroscope.from_settings(ms, "temalign-daemon")
-    daemon = Daemon(settings, microscope)
+    # Opening the model makes LiteRT print to fd 2 itself: caught, and logged as an event.
+    with native_output_logged(structlog.get_logger("temalign"), "litert"):
+        daemon = Daemon(settings, microscope, config_path=_config_path(args))
     try:
         daemon.install_signal_handlers()
         daemon.start()
@@ -239,6 +281,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         daemon.stop()
         microscope.close()
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    from temalign.config.loader import default_config_path
+
+    return Path(args.config if args.config is not None else default_config_path()).resolve()
 
 
 def describe_calibration(cal: JsonObject) -> str:
@@ -262,11 +310,11 @@ def describe_calibration(cal: JsonObject) -> str:
 def calibrate(args: argparse.Namespace) -> int:
     from temalign.service.control import is_running, request
 
-    settings = _settings(args)
-    if is_running(settings.control.socket):
-        cal = request(settings.control.socket, "calibrate", {"step_units": args.step})
+    sock = _socket(args)
+    if is_running(sock):
+        cal = request(sock, "calibrate", {"step_units": args.step}, progress=_say)
     else:
-        cal = _calibrate_directly(settings, args.step)
+        cal = _calibrate_directly(_settings(args), args.step)
     print(json.dumps(cal, indent=1) if args.json else describe_calibration(cal))
     return 0
 
@@ -291,7 +339,7 @@ def _calibrate_directly(settings: Settings, step: float) -> JsonObject:
         source = source_from_settings(settings.source, microscope, clock)
         cal = measure(microscope, source, wobble_settings=settings.wobble, quality_settings=settings.quality,
                       clock=clock, memory=memory, step_units=step,
-                      progress=lambda text: print(text, flush=True))
+                      progress=_say)
     except ProtocolError as error:
         raise TemalignError(describe_protocol_error(error, ms.address)) from None
     finally:

@@ -2,7 +2,9 @@
 
 A Unix stream socket (owner and group only, mode 0660: docs/safety.md invariant 7), one JSON object per
 line each way: `{"verb": "pause", "args": {...}}` -> `{"ok": true, "result": {...}}` or
-`{"ok": false, "error": "..."}`. Each request is audited with the peer's uid (SO_PEERCRED)."""
+`{"ok": false, "error": "..."}`. A request with `"progress": true` (`once`, `calibrate`) first gets
+`{"progress": "..."}` lines, one per step as it happens, so a person is not left in silence for
+the half minute a cycle takes. Each request is audited with the peer's uid (SO_PEERCRED)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ import grp
 import json
 import logging
 import os
+import pwd
 import socket
 import socketserver
 import stat
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from temalign.errors import TemalignError
@@ -27,14 +31,50 @@ log = logging.getLogger("temalign.control")
 MAX_REQUEST_BYTES = 64 * 1024
 MAX_ARGS_DEPTH = 32
 """Nesting the arguments of a request may have; no verb takes more than two."""
+MAX_REPLY_BYTES = 4 << 20
+"""The longest reply line a client reads (a status with its last cycles is some 20 KiB)."""
 REQUEST_TIMEOUT_S = 30.0
 """How long a client may take to send its request line (the reply may take a cycle)."""
-Handler = Callable[[str, JsonObject, int | None], JsonObject]
-"""(verb, args, peer uid) -> result; raises TemalignError or ValueError for a refused request."""
+SEND_TIMEOUT_S = 5.0
+"""How long one progress line or the reply may take to send: a client that stopped reading loses
+its progress lines, and never holds up the cycle that makes them."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who asked, for the journal and the log (`uid` over the Unix socket, `via` the way in), and
+    where the steps of a long request go as they happen (`progress`, None when nobody listens)."""
+
+    uid: int | None
+    via: str = "socket"
+    progress: Callable[[str], None] | None = None
+
+    @property
+    def who(self) -> str:
+        """`uid 1000 (alice)` over the socket, `http 10.0.0.5` over HTTP: for people to read."""
+        if self.uid is None:
+            return self.via
+        try:
+            return f"uid {self.uid} ({pwd.getpwuid(self.uid).pw_name})"
+        except KeyError:
+            return f"uid {self.uid}"
+
+    def say(self, text: str) -> None:
+        """One progress line to the caller, if it listens."""
+        if self.progress is not None:
+            self.progress(text)
+
+
+Handler = Callable[[str, JsonObject, Caller], JsonObject]
+"""(verb, args, caller) -> result; raises TemalignError or ValueError for a refused request."""
 
 
 class ControlError(TemalignError):
     """The daemon cannot be reached, or it refused the request (its message says why)."""
+
+
+class NotRunning(ControlError):
+    """No daemon listens on the socket (`temalign status` exits 3 for it, as LSB says)."""
 
 
 def peer_uid(conn: socket.socket) -> int | None:
@@ -177,15 +217,19 @@ class ControlServer:
                 raise ValueError("args must be an object")
             if nested_deeper_than(args, MAX_ARGS_DEPTH):
                 raise ValueError(f"nested deeper than {MAX_ARGS_DEPTH} levels")
+            if not isinstance(request.get("progress", False), bool):
+                raise ValueError("progress must be true or false")
         except RecursionError:  # json's own limit, far deeper
             _send(conn, {"ok": False, "error": f"bad request: nested deeper than {MAX_ARGS_DEPTH} levels"})
             return
         except ValueError as error:
             _send(conn, {"ok": False, "error": f"bad request: {error}"})
             return
-        conn.settimeout(None)  # `once` and `calibrate` take as long as a cycle
+        # `once` and `calibrate` take as long as a cycle; only the sends are bounded from here on.
+        conn.settimeout(SEND_TIMEOUT_S)
+        caller = Caller(uid, "socket", _ProgressLines(conn) if request.get("progress") else None)
         try:
-            reply = {"ok": True, "result": self.handler(request["verb"], args, uid)}
+            reply = {"ok": True, "result": self.handler(request["verb"], args, caller)}
         except (TemalignError, ValueError) as error:
             reply = {"ok": False, "error": str(error)}
         except Exception as error:  # the daemon stays up; the CLI gets the reason
@@ -222,6 +266,23 @@ def nested_deeper_than(value: object, limit: int) -> bool:
     return True
 
 
+class _ProgressLines:
+    """Sends `{"progress": text}` lines on a connection until one send fails (the client went
+    away or stopped reading): from then on the rest are dropped, and the request goes on."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.lost = False
+
+    def __call__(self, text: str) -> None:
+        if self.lost:
+            return
+        try:
+            self.conn.sendall((json.dumps({"progress": str(text)}) + "\n").encode("utf-8"))
+        except OSError:
+            self.lost = True
+
+
 def _read_line(conn: socket.socket) -> str:
     data = b""
     while not data.endswith(b"\n"):
@@ -251,24 +312,32 @@ def _answers(path: Path) -> bool:
     return True
 
 
-def request(path: Path, verb: str, args: JsonObject | None = None, timeout_s: float | None = 900.0
-            ) -> JsonObject:
-    """Send one request to the daemon at `path`; its result, or ControlError with its reason."""
+def request(path: Path, verb: str, args: JsonObject | None = None, timeout_s: float | None = 900.0, *,
+            progress: Callable[[str], None] | None = None) -> JsonObject:
+    """Send one request to the daemon at `path`; its result, or ControlError with its reason
+    (NotRunning when no daemon listens). `progress` gets each step the daemon reports before its
+    reply (`once`, `calibrate`); without it the daemon sends none."""
     path = Path(path)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout_s)
         try:
             sock.connect(str(path))
         except FileNotFoundError:
-            raise ControlError(f"no temalign daemon: {path} does not exist (is it running? "
-                               "systemctl status temalign)") from None
+            raise NotRunning(f"no temalign daemon: {path} does not exist (is it running? "
+                             "systemctl status temalign)") from None
         except PermissionError:
             raise ControlError(f"not allowed to use {path}: ask for membership of its group") from None
+        except ConnectionRefusedError:
+            raise NotRunning(f"no temalign daemon answers on {path} (it is not running: systemctl "
+                             "status temalign)") from None
         except OSError as error:
             raise ControlError(f"no temalign daemon answers on {path} ({error.strerror})") from None
+        message: JsonObject = {"verb": verb, "args": args or {}}
+        if progress is not None:
+            message["progress"] = True
         try:
-            sock.sendall((json.dumps({"verb": verb, "args": args or {}}) + "\n").encode("utf-8"))
-            line = _read_line(sock)
+            sock.sendall((json.dumps(message) + "\n").encode("utf-8"))
+            line = _reply_line(sock, progress)
         except (ConnectionResetError, BrokenPipeError):
             line = ""  # closed unread: the daemon went away or refused the connection
         except TimeoutError:
@@ -286,6 +355,23 @@ def request(path: Path, verb: str, args: JsonObject | None = None, timeout_s: fl
         raise ControlError(str(reply.get("error", "refused")))
     result = reply.get("result")
     return result if isinstance(result, dict) else {"result": result}
+
+
+def _reply_line(sock: socket.socket, progress: Callable[[str], None] | None) -> str:
+    """The reply line, after handing each progress line before it to `progress`."""
+    with sock.makefile("rb") as reader:
+        while True:
+            raw = reader.readline(MAX_REPLY_BYTES + 1)
+            if len(raw) > MAX_REPLY_BYTES:
+                raise ValueError(f"a reply longer than {MAX_REPLY_BYTES} bytes")
+            line = raw.decode("utf-8")
+            if progress is not None and line.startswith('{"progress"'):
+                with contextlib.suppress(ValueError):
+                    step = json.loads(line)
+                    if isinstance(step, dict) and set(step) == {"progress"}:
+                        progress(str(step["progress"]))
+                        continue
+            return line
 
 
 def is_running(path: Path) -> bool:

@@ -10,16 +10,19 @@ SIGTERM lets a running cycle finish (C1 restored by the wobble) and exits 0."""
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import signal
 import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 
+from temalign import __version__
 from temalign.clock import Clock, RealClock
 from temalign.config.schema import Settings
 from temalign.decide.column import Asked, is_paused
@@ -29,15 +32,17 @@ from temalign.estimate.combined import CombinedEstimator
 from temalign.estimate.model_estimator import open_model
 from temalign.microscope import Microscope
 from temalign.protocol.errors import ProtocolError
-from temalign.record.journal import Journal
 from temalign.record.logs import cycle_line
 from temalign.record.metrics import Metrics
-from temalign.record.result import CycleResult
+from temalign.record.result import MICROSCOPE_UNREACHABLE, CycleResult
 from temalign.record.state import RunState, StateStore
 from temalign.service import notify, recovery, verbs
-from temalign.service.control import ControlServer
+from temalign.service.control import Caller, ControlServer
 from temalign.service.cycle import Parts, can_check, run_cycle
+from temalign.service.http_control import HttpControlServer
+from temalign.service.progress import ObservedJournal, progress_observer
 from temalign.service.schedule import PlanState, observe, plan_next
+from temalign.timetext import iso_time
 from temalign.values import JsonObject
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.sources import ImageSource, source_from_settings
@@ -53,16 +58,17 @@ class Daemon:
 
     def __init__(self, settings: Settings, microscope: Microscope, *, clock: Clock | None = None,
                  source: ImageSource | None = None, metrics: Metrics | None = None,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, config_path: Path | None = None) -> None:
         self.settings = settings
+        self.config_path = config_path
         self.microscope = microscope
         self.clock = clock or RealClock()
         self.wall = wall
         self.metrics = metrics or Metrics()
         state_dir = settings.paths.ensure_state_dir()
         try:
-            self.journal = Journal(state_dir, max_bytes=settings.journal.max_bytes,
-                                   keep_files=settings.journal.keep_files, clock=self.clock)
+            self.journal = ObservedJournal(state_dir, max_bytes=settings.journal.max_bytes,
+                                           keep_files=settings.journal.keep_files, clock=self.clock)
         except OSError as error:
             raise ConfigError(f"paths.state_dir: {state_dir}: the journal cannot be opened "
                               f"({error.strerror or error}: {error.filename})") from None
@@ -94,8 +100,16 @@ class Daemon:
         self._signals = False
         self._metrics_served = False
         self._control: ControlServer | None = None
+        self._http: HttpControlServer | None = None
         self.last: list[JsonObject] = []
+        """The last cycles, newest first (CycleResult.to_json, with their wall-clock `time`)."""
         self.started = False
+        self.started_at: float | None = None
+        """Wall-clock epoch seconds of `start()`, for status and the stop line."""
+        self._started_monotonic = 0.0
+        self.cycles_run = 0
+        self.microscope_up = True
+        """Whether the microscope answered at the last try (status reads the column only then)."""
 
     # ---- start-up ---------------------------------------------------------------------------------
 
@@ -109,12 +123,14 @@ class Daemon:
         s = self.settings
         self.journal.append("start", mode=s.schedule.mode, model=str(s.estimator.model),
                             calibrated=self.estimator.calibration is not None)
+        self.started_at, self._started_monotonic = self.wall(), time.monotonic()
         try:
             where = self.microscope.aperture()
             self.parts.session_start = (int(where.x), int(where.y))
             self.metrics.set_connection(True)
         except ProtocolError as error:
             self.metrics.set_connection(False)
+            self.microscope_up = False
             log.warning("microscope unreachable at start", error=str(error))
         self.recover()
         recovery.rebuild_ledger(self.journal, self.parts.ledger, self.clock, self.wall())
@@ -127,10 +143,27 @@ class Daemon:
         if serve_control:
             self._control = ControlServer(s.control.socket, self.handle, s.control.group)
             self._control.start()
+            listen, token = s.control.http_host_port, s.control.http_token
+            if listen is not None and token is not None:
+                self._http = HttpControlServer(listen[0], listen[1], token, self.handle)
+                self._http.start()
         if schedule:
             self._start_scheduler()
         self.started = True
+        self._log_start()
         notify.ready(self.status_line())
+
+    def _log_start(self) -> None:
+        """The start line: what this daemon runs with and where to reach it."""
+        s = self.settings
+        address = self.metrics.address if self._metrics_served else None
+        metrics = "off" if address is None else f"http://{_host(address[0])}:{address[1]}/metrics"
+        log.info("start", version=__version__, pid=os.getpid(),
+                 config=None if self.config_path is None else str(self.config_path),
+                 microscope=s.microscope.address, mode=self.run_state().mode, state=self.state_name(),
+                 model=str(s.estimator.model), calibrated=self.estimator.calibration is not None,
+                 metrics=metrics, control=str(s.control.socket) if self._control is not None else "off",
+                 http_control=self.http_url or "off")
 
     def _start_scheduler(self) -> None:
         """One cycle job: first run a second after start; each cycle then moves the job's next run to
@@ -174,23 +207,39 @@ class Daemon:
         log.debug("next cycle", delay_s=round(plan.delay_s, 1), look=plan.look, why=plan.reason)
         self._plan_at(plan.delay_s)
 
-    def cycle(self, *, asked: Asked = "schedule", look: str = "full") -> CycleResult:
-        """One cycle under the lock (a scheduled one and `once` never overlap), then the record."""
-        with self.lock:
-            if self.memory.exists():
-                self.recover()
-            result = run_cycle(self.parts, asked=asked, look=look)
-        self._record(result)
-        return result
+    def cycle(self, *, asked: Asked = "schedule", look: str = "full",
+              progress: Callable[[str], None] | None = None) -> CycleResult:
+        """One cycle under the lock (a scheduled one and `once` never overlap), then the record.
+        `progress` gets each step as it happens (service.progress)."""
+        return self.cycle_reported(asked=asked, look=look, progress=progress)[0]
 
-    def _record(self, result: CycleResult) -> None:
+    def cycle_reported(self, *, asked: Asked = "schedule", look: str = "full",
+                       progress: Callable[[str], None] | None = None) -> tuple[CycleResult, JsonObject]:
+        """`cycle`, with the cycle as `last` has it (its wall-clock `time`): what `once` shows."""
+        started_at = self.wall()
+        with self.lock:
+            watching = (self.journal.observed(progress_observer(progress)) if progress is not None
+                        else contextlib.nullcontext())
+            with watching:
+                if self.memory.exists():
+                    self.recover()
+                result = run_cycle(self.parts, asked=asked, look=look)
+        return result, self._record(result, started_at)
+
+    def _record(self, result: CycleResult, started_at: float) -> JsonObject:
         """The cycle in the metrics, the status, the log and systemd's status line."""
         self.metrics.observe(result, reference=self.run_state().reference, timestamp=self.wall())
+        self.microscope_up = result.reason != MICROSCOPE_UNREACHABLE
         self.publish_state()
-        summary = result.to_json()
+        summary = {**result.to_json(), "time": iso_time(started_at)}
         self.last = [summary, *self.last][:10]
+        self.cycles_run += 1
         cycle_line(log, **summary)
+        if result.outcome == "hold":
+            log.warning("hold", reason=self.run_state().hold or result.detail,
+                        then="nothing moves until `temalign hold clear`")
         notify.status(self.status_line())
+        return summary
 
     # ---- state and control ------------------------------------------------------------------------
 
@@ -215,12 +264,33 @@ class Daemon:
         return f"{self.state_name()}{' (' + st.hold + ')' if st.hold else ''}{tail}"
 
     def status(self) -> JsonObject:
-        """What `temalign status` shows (service.verbs.status)."""
-        return verbs.status(self, {}, None)
+        """What `temalign status` shows (service.status)."""
+        return verbs.status(self, {}, Caller(None, "daemon"))
 
-    def handle(self, verb: str, args: JsonObject, uid: int | None) -> JsonObject:
+    def handle(self, verb: str, args: JsonObject, caller: Caller) -> JsonObject:
         """A control request (service.verbs); raises ValueError to refuse it."""
-        return verbs.handle(self, verb, args, uid)
+        return verbs.handle(self, verb, args, caller)
+
+    @property
+    def http_address(self) -> tuple[str, int] | None:
+        """Where the HTTP control endpoint listens, or None when it is off."""
+        return self._http.address if self._http is not None else None
+
+    @property
+    def http_url(self) -> str | None:
+        """`http://HOST:PORT` of the HTTP control endpoint, or None when it is off."""
+        return self._http.url if self._http is not None else None
+
+    def uptime_s(self) -> float:
+        """Seconds since `start()` (0 before it)."""
+        return time.monotonic() - self._started_monotonic if self.started_at is not None else 0.0
+
+    def next_cycle(self) -> tuple[float | None, str]:
+        """When the next cycle is due (wall-clock epoch seconds, None when none is scheduled) and
+        its look ("check" or "full")."""
+        job = self._scheduler.get_job("cycle") if self._scheduler is not None else None
+        when = None if job is None or job.next_run_time is None else float(job.next_run_time.timestamp())
+        return when, self._next_look
 
     def use_calibration(self, calibration: Calibration | None) -> str | None:
         """Store `calibration` and give it to the estimator if it fits the wobble as configured (a
@@ -240,7 +310,7 @@ class Daemon:
 
     def calibrate(self, step_units: float = 60.0) -> JsonObject:
         """Measure and store the 2 x 2 calibration between cycles (service.verbs.calibrate)."""
-        return verbs.calibrate(self, {"step_units": step_units}, None)
+        return verbs.calibrate(self, {"step_units": step_units}, Caller(None, "daemon"))
 
     # ---- running and stopping ---------------------------------------------------------------------
 
@@ -325,6 +395,8 @@ class Daemon:
             return "the control socket's listener died"
         if self._metrics_served and not self.metrics.alive():
             return "the metrics endpoint's listener died"
+        if self._http is not None and not self._http.alive():
+            return "the HTTP control endpoint's listener died"
         if self._scheduler is not None and not self._scheduler.running:
             return "the scheduler stopped"
         return None
@@ -356,9 +428,18 @@ class Daemon:
             if self._control is not None:
                 self._control.close()
                 self._control = None
+            if self._http is not None:
+                self._http.close()
+                self._http = None
             if self.started:
                 self.journal.append("stop")
                 self.started = False
+                log.info("stop", uptime=round(self.uptime_s(), 1), cycles=self.cycles_run)
             self.metrics.set_state("stopping")
             self.metrics.shutdown()
             self.journal.close()
+
+
+def _host(host: str) -> str:
+    """A host as a URL has it: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host

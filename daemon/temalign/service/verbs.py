@@ -1,14 +1,19 @@
 """The control verbs (docs/safety.md invariant 5: a person is always in charge): what `temalign
 status|pause|resume|once|dry-run|hold clear|calibrate|reference set` do to a running daemon, as a
-dispatch table. Each request is audited in the journal with the peer's uid before it runs.
+dispatch table, whether they come over the control socket or the HTTP endpoint (one way to do
+each thing). Each request is audited in the journal with its caller before it runs.
 
-A verb returns its own result, or None for "the status after it" (what the CLI shows)."""
+A verb returns its own result; or a `Said` sentence, which the reply carries as `message` beside
+the status after it ("already paused until resumed; kept", "no hold to clear"), with `changed`
+false when the request had nothing to do; or None for the status alone."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
+
+import structlog
 
 from temalign.act.correct import read_position
 from temalign.decide.column import is_paused
@@ -17,89 +22,102 @@ from temalign.estimate.calibration import save_calibration
 from temalign.protocol.errors import ProtocolError
 from temalign.record.journal import Journal
 from temalign.record.state import StateChanges
+from temalign.service import status as status_report
 from temalign.service.calibrate import STEP_RANGE
 from temalign.service.calibrate import calibrate as measure_calibration
+from temalign.service.control import Caller
+from temalign.timetext import format_duration, format_when, iso_time
 from temalign.values import JsonObject, finite, finite_float
 
 if TYPE_CHECKING:
     from temalign.service.daemon import Daemon
 
+log = structlog.get_logger("temalign")
 Reply = JsonObject
-Verb = Callable[["Daemon", JsonObject, "int | None"], "Reply | None"]
 
 
-def handle(daemon: Daemon, verb: str, args: JsonObject, uid: int | None) -> Reply:
-    """A control request, audited with the peer's uid; raises ValueError to refuse it."""
+class Said(NamedTuple):
+    """What a verb tells its caller, and whether it changed anything (an acquisition script resumes
+    only a pause it made: temalign.client.Client.paused)."""
+
+    text: str
+    changed: bool = True
+
+
+Verb = Callable[["Daemon", JsonObject, Caller], "Reply | Said | None"]
+MAX_REASON_CHARS = 500
+"""A pause reason is a few words shown by status; a longer one is a mistake (or an attack)."""
+
+
+def handle(daemon: Daemon, verb: str, args: JsonObject, caller: Caller) -> Reply:
+    """A control request, audited with its caller; raises ValueError to refuse it."""
     journal: Journal = daemon.journal
-    journal.append("control", verb=verb, args=args, uid=uid)
+    journal.append("control", verb=verb, args=args, uid=caller.uid, via=caller.via)
     run = VERBS.get(verb)
     if run is None:
         raise ValueError(f"unknown request {verb!r} (known: {', '.join(sorted(VERBS))})")
-    reply = run(daemon, args, uid)
-    if reply is not None:
+    reply = run(daemon, args, caller)
+    if isinstance(reply, dict):
         return reply
     daemon.publish_state()
-    return status(daemon, {}, uid)
+    report = status(daemon, {}, caller)
+    return report if reply is None else {"message": reply.text, "changed": reply.changed, **report}
 
 
-def status(daemon: Daemon, args: JsonObject, uid: int | None) -> Reply:
-    """Everything `temalign status` shows."""
-    st = daemon.run_state()
-    s = daemon.settings
-    paused = is_paused(st.paused_until, daemon.wall())
-    parts = daemon.parts
-    return {
-        "state": daemon.state_name(), "mode": st.mode, "hold": st.hold,
-        "paused": paused, "paused_until": None if not paused or st.paused_until == math.inf
-        else st.paused_until, "pause_reason": st.pause_reason if paused else None,
-        "reference": st.reference, "reference_set_by": st.reference_set_by,
-        "last_position": st.last_position, "session_start": parts.session_start,
-        "calibrated": daemon.estimator.calibration is not None,
-        "calibration_note": daemon.calibration_note,
-        "model": daemon.estimator.model.identity,
-        "limits": s.safety.model_dump(mode="json"),
-        "interval_s": s.schedule.interval_s,
-        "moved_last_hour_units": round(parts.ledger.moved_since(daemon.clock.now()), 1),
-        "failures_in_a_row": parts.failure_count.count,
-        "misalignment": last_estimate(daemon.last),
-        "last_cycles": daemon.last,
-    }
-
-
-def last_estimate(cycles: list[JsonObject]) -> JsonObject | None:
-    """The newest cycle's estimate (each estimator's, the one used, |m|), or None. A cycle that
-    stopped at the two-frame check has the classical estimator's alone."""
-    for cycle in cycles:
-        check = cycle.get("check")
-        if cycle.get("outcome") == "checked" and check and check.get("misalignment") is not None:
-            return {"misalignment": check["misalignment"], "delta": check["delta"], "model": None,
-                    "classical": check["delta"], "confidence": None, "trusted": True,
-                    "reason": "two-frame check", "at_cycle_start": cycle["started"]}
-        before = cycle.get("before")
-        if before and before.get("model") is not None:
-            keys = ("misalignment", "delta", "model", "classical", "confidence", "trusted", "reason")
-            return {k: before.get(k) for k in keys} | {"at_cycle_start": cycle["started"]}
-    return None
+def status(daemon: Daemon, args: JsonObject, caller: Caller) -> Reply:
+    """Everything `temalign status` shows (service.status)."""
+    return status_report.status(daemon)
 
 
 MAX_PAUSE_S = 366 * 86400.0
 """A timed pause longer than a year is a typo; an open-ended one is `pause` without a time."""
 
 
-def pause(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
+def _flag(args: JsonObject, name: str, verb: str) -> bool:
+    value = args.get(name, False)
+    if not isinstance(value, bool):
+        raise ValueError(f"{verb}: {name} must be true or false, got {value!r}")
+    return value
+
+
+def pause(daemon: Daemon, args: JsonObject, caller: Caller) -> Said:
+    """Pause, until resumed or for `for_s`. A shorter pause does not replace a longer or an
+    open-ended one unless `replace` is true: two people (or a person and an acquisition script)
+    pausing for their own reasons must not cut each other's pause short."""
     seconds, reason = args.get("for_s"), args.get("reason")
+    replace = _flag(args, "replace", "pause")
     if seconds is not None and not (finite(seconds) and 0 < float(seconds) <= MAX_PAUSE_S):
         raise ValueError(f"pause: for_s must be a number of seconds, more than 0 and at most "
                          f"{MAX_PAUSE_S:.0f} (a year), or absent for a pause until resumed; got {seconds!r}")
-    if reason is not None and not isinstance(reason, str):
-        raise ValueError(f"pause: reason must be text, got {reason!r}")
-    until = math.inf if seconds is None else daemon.wall() + float(seconds)
-    text = reason or ("paused by a person" if seconds is None else f"paused for {float(seconds):.0f} s")
+    if reason is not None and not (isinstance(reason, str) and len(reason) <= MAX_REASON_CHARS):
+        raise ValueError(f"pause: reason must be text of at most {MAX_REASON_CHARS} characters")
+    now = daemon.wall()
+    until = math.inf if seconds is None else now + float(seconds)
+    asked = "until resumed" if seconds is None else f"for {format_duration(float(seconds))}"
+    st = daemon.run_state()
+    if is_paused(st.paused_until, now) and st.paused_until is not None and until < st.paused_until \
+            and not replace:
+        return Said(f"already paused {_until(st.paused_until)} ({st.pause_reason}): kept; a pause {asked} "
+                    "would shorten it (`--replace` to do that)", changed=False)
+    text = reason or f"paused by {caller.who}"
     daemon.store.update(paused_until=until, pause_reason=text)
+    log.info("pause", until="resumed" if until == math.inf else iso_time(until), reason=text, by=caller.who)
+    return Said(f"paused {'until resumed' if until == math.inf else asked + ', ' + _until(until)}"
+                + (f": {reason}" if reason else ""))
 
 
-def resume(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
-    """The person who resumes accepts the column as it is now (after moving it by hand)."""
+def _until(epoch: float) -> str:
+    return "until resumed" if epoch == math.inf else f"until {format_when(epoch)}"
+
+
+def resume(daemon: Daemon, args: JsonObject, caller: Caller) -> Said:
+    """The person who resumes accepts the column as it is now (after moving it by hand). With no
+    pause in place it changes nothing: accepting the column then would hide a person's move from
+    the next cycle."""
+    st = daemon.run_state()
+    in_hold = f"; still in hold ({st.hold}): `temalign hold clear`" if st.hold else ""
+    if not is_paused(st.paused_until, daemon.wall()):
+        return Said("not paused: nothing to resume" + in_hold, changed=False)
     where = read_position(daemon.microscope)
     try:
         c1: float | None = float(daemon.microscope.c1())
@@ -111,37 +129,56 @@ def resume(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
     if c1 is not None:
         changes["last_c1"] = c1
     daemon.store.update(**changes)
+    log.info("resume", by=caller.who, was=st.pause_reason)
+    return Said("resumed: the aperture and C1 are taken as they are now" + in_hold)
 
 
-def dry_run(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
+MODES = {True: "on: measures and reports, never moves", False: "off: live, corrects the aperture"}
+
+
+def dry_run(daemon: Daemon, args: JsonObject, caller: Caller) -> Said:
+    """Switch dry-run on or off; without `on`, say which it is."""
     on = args.get("on")
+    now_on = daemon.run_state().mode == "dry-run"
+    if on is None:
+        return Said("dry-run is " + MODES[now_on], changed=False)
     if not isinstance(on, bool):
-        raise ValueError("dry-run needs on: true or false")
+        raise ValueError("dry-run needs on: true or false (or nothing, to show the mode)")
+    if on == now_on:
+        return Said("dry-run is already " + MODES[on], changed=False)
     daemon.store.update(mode="dry-run" if on else "live")
+    log.info("dry-run", on=on, by=caller.who)
+    return Said("dry-run " + MODES[on])
 
 
-def hold_clear(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
+def hold_clear(daemon: Daemon, args: JsonObject, caller: Caller) -> Said:
+    hold = daemon.run_state().hold
+    if hold is None:
+        return Said("no hold to clear", changed=False)
     daemon.store.update(hold=None)
     daemon.parts.failure_count.success()
+    log.info("hold cleared", was=hold, by=caller.who)
+    return Said(f"hold cleared (it was: {hold})")
 
 
-def once(daemon: Daemon, args: JsonObject, uid: int | None) -> Reply:
-    force = args.get("force", False)
-    if not isinstance(force, bool):
-        raise ValueError(f"once: force must be true or false, got {force!r}")
-    return daemon.cycle(asked="force" if force else "once").to_json()
+def once(daemon: Daemon, args: JsonObject, caller: Caller) -> Reply:
+    force = _flag(args, "force", "once")
+    _, summary = daemon.cycle_reported(asked="force" if force else "once", progress=caller.progress)
+    return status_report.public_cycle(summary)
 
 
-def reference_set(daemon: Daemon, args: JsonObject, uid: int | None) -> None:
+def reference_set(daemon: Daemon, args: JsonObject, caller: Caller) -> Said:
     where = read_position(daemon.microscope)
     if where is None:
         raise ValueError("cannot read the aperture position from the microscope")
-    who = f"person (uid {uid})"
+    who = caller.who
     daemon.store.update(reference=where, reference_set_by=who, last_position=where)
     daemon.journal.append("reference", position=where, set_by=who)
+    log.info("reference set", position=where, by=who)
+    return Said(f"reference set to ({where[0]}, {where[1]}), where the aperture is now")
 
 
-def calibrate(daemon: Daemon, args: JsonObject, uid: int | None) -> Reply:
+def calibrate(daemon: Daemon, args: JsonObject, caller: Caller) -> Reply:
     """Measure and store the 2 x 2 calibration between cycles (never during one)."""
     asked = args.get("step_units", 60.0)
     step_units = finite_float(asked)
@@ -149,20 +186,28 @@ def calibrate(daemon: Daemon, args: JsonObject, uid: int | None) -> Reply:
         raise ValueError(f"calibrate: step_units must be a number of units in [{STEP_RANGE[0]:g}, "
                          f"{STEP_RANGE[1]:g}], got {asked!r}")
     s = daemon.settings
+
+    def step(text: str) -> None:
+        log.info("calibrate", step=text)
+        caller.say(text)
+
     with daemon.lock:
         op = daemon.journal.intent("calibration", step_units=step_units)
+        log.info("calibrate", step_units=step_units, by=caller.who)
         try:
             cal = measure_calibration(daemon.microscope, daemon.parts.source, wobble_settings=s.wobble,
                                       quality_settings=s.quality, clock=daemon.clock, memory=daemon.memory,
-                                      step_units=step_units, model=daemon.estimator.model)
+                                      step_units=step_units, model=daemon.estimator.model, progress=step)
         except (TemalignError, ProtocolError) as error:
             daemon.journal.outcome(op, "calibration", ok=False, error=str(error))
             _remember_position(daemon)
+            log.error("calibration failed", error=str(error))
             raise TemalignError(f"calibration failed: {error}") from None
         save_calibration(s.paths.state_dir, cal)
         daemon.use_calibration(cal)
         daemon.journal.outcome(op, "calibration", ok=True, calibration=cal.to_json())
         _remember_position(daemon)
+    log.info("calibrated", matrix=[[float(f"{v:.4g}") for v in row] for row in cal.array.tolist()])
     return cal.to_json()
 
 
