@@ -280,7 +280,8 @@ def test_outside_the_window_is_refused(make_twin: Any, connect: Any, tmp_path: P
 def test_estimators_that_disagree_move_nothing(make_twin: Any, connect: Any, tmp_path: Path) -> None:
     served = make_twin()
     offset(served, 120, 0)
-    parts = make_parts(served, connect, tmp_path, estimator={"agreement_units": 0.001})
+    parts = make_parts(served, connect, tmp_path,
+                       estimator={"agreement_units": 0.001, "agreement_fraction": 0.0})
     before = served.truth()["aperture"]
     result = run_cycle(parts)
     assert (result.outcome, result.reason) == ("refused_low_confidence", "disagree"), result
@@ -329,7 +330,8 @@ def test_converges_from_200_units_off_within_3_cycles(make_twin: Any, connect: A
 def test_one_estimator_alone_when_configured(make_twin: Any, connect: Any, tmp_path: Path, use: str) -> None:
     served = make_twin()
     offset(served, 100, -40)
-    parts = make_parts(served, connect, tmp_path, estimator={"use": use, "agreement_units": 0.001})
+    parts = make_parts(served, connect, tmp_path, estimator={"use": use, "agreement_units": 0.001,
+                                                             "agreement_fraction": 0.0})
     result = run_cycle(parts)
     assert result.outcome == "corrected" and result.before is not None
     assert result.before.reason == f"{use}_only"

@@ -125,7 +125,7 @@ def test_the_cli_against_a_running_daemon(make_twin: Any, short_dir: Path) -> No
         assert re.match(rf"pid {proc.pid}, up \d+s \(since \d\d:\d\d:\d\d\), temalign 0\.1\.0$", lines[1])
         assert any(line.startswith("next cycle: ") and re.search(r"\d\d:\d\d:\d\d \(in ", line)
                    for line in lines), lines
-        assert any(line.startswith("model: wobble_physics.tflite") for line in lines)
+        assert any(line.startswith("model: spotnet.tflite") for line in lines)
         assert not REPR.search(first.stdout), first.stdout
         as_json = json.loads(run_cli("status", "-s", sock, "--json").stdout)
         assert as_json["pid"] == proc.pid and as_json["version"] == "0.1.0"
@@ -171,7 +171,7 @@ def test_the_cli_against_a_running_daemon(make_twin: Any, short_dir: Path) -> No
     start = next(r for r in records if r["event"] == "start")
     assert start["config"] == str(path.resolve()) and start["pid"] == proc.pid
     assert start["microscope"] == cfg["microscope"]["address"] and start["mode"] == "dry-run"
-    assert start["model"].endswith("wobble_physics.tflite")
+    assert start["model"].endswith("spotnet.tflite")
     assert start["metrics"] == f"http://127.0.0.1:{cfg['metrics']['port']}/metrics"
     events = [r["event"] for r in records]
     assert {"litert", "cycle", "pause", "resume", "dry-run", "stop"} <= set(events), events

@@ -135,3 +135,48 @@ def test_a_measured_disagreement_is_never_overruled_by_the_model_alone(make_twin
                      model_matrix=nominal.matrix, model_fingerprint=model.fingerprint)
     measured = CombinedEstimator(model, turned, EstimatorSettings(), QualitySettings()).measure(stack)
     assert measured.reason == DISAGREE and not measured.trusted and measured.delta is None
+
+
+def test_discs_that_leave_the_detector_are_taken_again_narrower(make_twin, connect, tmp_path,
+                                                                model) -> None:
+    """At 420 units a 3 % wobble puts the wide discs mostly off the detector (a doubtful stack:
+    disc lost); the cycle takes the stack again at 1.5 %, which the spot model was trained on, and
+    corrects (an envelope wide enough for the move: the session starts at the far position)."""
+    from temalign.config.schema import Settings
+    from temalign.record.journal import Journal, read_journal
+    from temalign.record.state import StateStore
+    from temalign.service.cycle import Parts, run_cycle
+
+    served = make_twin(seed=6)
+    aligned = served.truth()["aligned"]
+    served.twin.move_aperture(round(aligned[0] + 300), round(aligned[1] - 300))
+    host, port = served.address
+    settings = Settings.model_validate({"microscope": {"address": f"{host}:{port}"},
+                                        "paths": {"state_dir": str(tmp_path / "state")},
+                                        "schedule": {"mode": "live"},
+                                        "safety": {"window_units": 800, "max_excursion_units": 700,
+                                                   "max_step_units": 500}})
+    state_dir = settings.paths.ensure_state_dir()
+    microscope = connect(served)
+    parts = Parts(microscope=microscope, source=CameraSource(microscope, 0.1, served.clock),
+                  estimator=CombinedEstimator(model, nominal_calibration(), settings.estimator,
+                                              settings.quality),
+                  settings=settings, clock=served.clock, memory=C1Memory(state_dir),
+                  journal=Journal(state_dir, clock=served.clock), state=StateStore(state_dir),
+                  session_start=None)
+    before = float(np.hypot(*served.truth()["misalignment"]))
+    result = run_cycle(parts)
+    wobbles = [e for e in read_journal(state_dir) if e["kind"] == "wobble" and e["phase"] == "intent"]
+    fractions = {e["label"]: e["fraction"] for e in wobbles}
+    assert fractions["before"] == 0.03 and fractions["before, narrower"] == pytest.approx(0.015), fractions
+    assert result.outcome == "corrected", result
+    assert float(np.hypot(*served.truth()["misalignment"])) < before - 200
+
+
+@pytest.mark.parametrize(("lost_only", "lowest", "expected"), [
+    (True, 0.015, 0.015), (True, 0.02, 0.02), (True, 0.03, None), (True, None, None), (False, 0.015, None)])
+def test_only_discs_lost_to_the_edge_narrow_the_wobble_and_never_below_the_models_range(
+        lost_only: bool, lowest: float | None, expected: float | None) -> None:
+    from temalign.decide.stack import narrower_wobble
+
+    assert narrower_wobble(lost_only, 0.03, lowest) == (None if expected is None else pytest.approx(expected))

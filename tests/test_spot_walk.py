@@ -70,30 +70,26 @@ def test_the_walk_maps_to_motor_units_through_the_calibration() -> None:
 SURE = ModelSays((200.0, 0.0), frames=7, residual_px=0.3, confidence=0.95)
 
 
-@pytest.mark.parametrize(("says", "camera_risk", "settings"), [
-    (ModelSays((200.0, 0.0), 4, 0.3, 0.95), False, {}),
-    (ModelSays((200.0, 0.0), 7, 2.5, 0.95), False, {}),
-    (ModelSays((200.0, 0.0), 7, 0.3, 0.5), False, {}),
-    (ModelSays((math.nan, 0.0), 7, 0.3, 0.95), False, {}),
-    (SURE, True, {}),
-    (SURE, False, {"use": "model"}),
-    (SURE, False, {"model_alone_max_units": 0.0}),
-    (None, False, {}),
+@pytest.mark.parametrize(("says", "settings"), [
+    (ModelSays((200.0, 0.0), 4, 0.3, 0.95), {}),
+    (ModelSays((200.0, 0.0), 7, 2.5, 0.95), {}),
+    (ModelSays((200.0, 0.0), 7, 0.3, 0.5), {}),
+    (ModelSays((math.nan, 0.0), 7, 0.3, 0.95), {}),
+    (SURE, {"use": "model"}),
+    (SURE, {"model_alone_max_units": 0.0}),
+    (None, {}),
 ])
-def test_the_model_may_not_move_alone_unless_it_is_sure_and_the_camera_safe(says, camera_risk,
-                                                                           settings) -> None:
-    estimator = EstimatorSettings(**settings)
-    assert model_alone(says, "no disc", camera_risk=camera_risk, settings=estimator) is None
+def test_the_model_may_not_move_alone_unless_it_is_sure(says, settings) -> None:
+    assert model_alone(says, "not a line", settings=EstimatorSettings(**settings)) is None
 
 
 def test_the_model_alone_moves_a_shorter_step_in_the_same_direction() -> None:
-    trust = model_alone(ModelSays((90.0, -120.0), 6, 0.4, 0.9), "frame 0: disc lost", camera_risk=False,
+    trust = model_alone(ModelSays((90.0, -120.0), 6, 0.4, 0.9), "the spot walk is not a line",
                         settings=EstimatorSettings(model_alone_max_units=60.0))
     assert trust is not None and trust.trusted and trust.reason == MODEL_ALONE
     assert trust.delta == pytest.approx((36.0, -48.0))
-    assert "frame 0: disc lost" in trust.detail and "shortened to 60" in trust.detail
-    short = model_alone(ModelSays((3.0, 4.0), 7, 0.2, 0.9), "x", camera_risk=False,
-                        settings=EstimatorSettings())
+    assert "the spot walk is not a line" in trust.detail and "shortened to 60" in trust.detail
+    short = model_alone(ModelSays((3.0, 4.0), 7, 0.2, 0.9), "x", settings=EstimatorSettings())
     assert short is not None and short.delta == (3.0, 4.0)
 
 

@@ -33,6 +33,8 @@ TRAIN = "keras,tensorflow,matplotlib,h5py,tqdm"
     ("train.py", ["--help"], TRAIN, "train"),
     ("convert.py", ["--help"], TRAIN, "train"),
     ("study.py", ["--help"], TRAIN, "train"),
+    ("train_spotnet.py", ["--help"], TRAIN, "train"),
+    ("study_spotnet.py", ["--help"], TRAIN, "train"),
     ("acquire.py", ["--twin", "n13", "--out", "OUT"], TRAIN, "train"),
     ("twin_gallery.py", ["--help"], "matplotlib", "demo"),
 ])

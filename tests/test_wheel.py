@@ -101,7 +101,8 @@ def test_the_wheel_holds_both_packages_and_the_shipped_data(installed: Installed
         entry_points = next(wheel.read(n).decode() for n in names
                             if n.endswith(".dist-info/entry_points.txt"))
     for name in ("temalign/__init__.py", "temalign/shipped.py", "temalign/py.typed",
-                 "temalign/config/temalign.yaml", "temalign/models/wobble_physics.tflite",
+                 "temalign/config/temalign.yaml", "temalign/models/spotnet.tflite",
+                 "temalign/models/spotnet.json", "temalign/models/wobble_physics.tflite",
                  "temalign/models/wobble_physics.json", "temalign_twin/__init__.py", "temalign_twin/demo.py"):
         assert name in names, f"the wheel lacks {name}"
     tops = {n.split("/", 1)[0] for n in names}
@@ -126,7 +127,7 @@ def test_config_check_of_the_shipped_config(installed: Installed, tmp_path: Path
     result = _run([installed.temalign, "config", "check", *args], cwd=tmp_path, env=installed.env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith(f"{shipped_config}: OK\n"), result.stdout
-    model = installed.site / "temalign" / "models" / "wobble_physics.tflite"
+    model = installed.site / "temalign" / "models" / "spotnet.tflite"
     assert f"model       {model} (card: preprocess " in result.stdout, result.stdout
     assert "MISSING" not in result.stdout
     assert model.is_file() and model.with_suffix(".json").is_file()

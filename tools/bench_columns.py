@@ -30,18 +30,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit.accuracy import column_accuracy
 from benchkit.coldstart import cold_start
+from benchkit.harness import SHIPPED_MODEL
 
 from temalign_twin.cli import optics_overrides
 from temalign_twin.columns import COLUMNS
 from temalign_twin.scenes import SCENES
 
 
-def _cell(job: tuple[str, str, int, int, float, int]) -> dict[str, Any]:
-    column, scene, stacks, starts, radius, first_seed = job
+def _cell(job: tuple[str, str, int, int, float, int, Path]) -> dict[str, Any]:
+    column, scene, stacks, starts, radius, first_seed, model = job
     started = time.perf_counter()
     twin = optics_overrides("traced", column, scene)
-    accuracy = column_accuracy(first_seed, stacks, radius, twin)
-    runs = [cold_start(first_seed + k, radius, twin_overrides=twin) for k in range(starts)]
+    accuracy = column_accuracy(first_seed, stacks, radius, twin, model=model)
+    runs = [cold_start(first_seed + k, radius, twin_overrides=twin, model=model) for k in range(starts)]
     cycles = [r["cycles"] for r in runs]
     refusals = Counter(s["reason"] or s["outcome"] for r in runs for s in r["steps"]
                        if s["outcome"] != "corrected")
@@ -69,8 +70,8 @@ def _line(cell: dict[str, Any]) -> str:
 
 
 def markdown(cells: list[dict[str, Any]]) -> str:
-    rows = ["| column | scene | calibrated | model RMSE % | classical RMSE % (answered) | trusted | "
-            "trusted RMSE % | cold starts within 2 / 8 cycles | violations | main refusal |",
+    rows = ["| column | scene | calibrated | model RMSE / p99 % | classical RMSE / p99 % (answered) | "
+            "trusted | trusted RMSE / p99 % | cold starts within 2 / 8 cycles | violations | main refusal |",
             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for cell in cells:
         a, c = cell["accuracy"], cell["coldstart"]
@@ -78,9 +79,11 @@ def markdown(cells: list[dict[str, Any]]) -> str:
         why = a["calibration"] if a["calibration"] != "measured" else ""
         calibrated = "yes" if not why else "no: " + why.removeprefix("failed: ").split(" (")[0]
         rows.append(f"| {cell['column']} | {cell['scene']} | {calibrated} | "
-                    f"{_percent(a['model_rmse_percent'])} | {_percent(a['classical_rmse_percent'])} "
+                    f"{_percent(a['model_rmse_percent'])} / {_percent(a['model_p99_percent'])} | "
+                    f"{_percent(a['classical_rmse_percent'])} / {_percent(a['classical_p99_percent'])} "
                     f"({a['classical_answered']}/{a['stacks']}) | "
-                    f"{a['trusted']}/{a['stacks']} | {_percent(a['trusted_rmse_percent'])} | "
+                    f"{a['trusted']}/{a['stacks']} | {_percent(a['trusted_rmse_percent'])} / "
+                    f"{_percent(a['trusted_p99_percent'])} | "
                     f"{c['within_2']} / {c['within_8']} of {c['starts']} | {c['violations']} | {refusal} |")
     return "\n".join(rows) + "\n"
 
@@ -95,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first-seed", type=int, default=1)
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
+    ap.add_argument("--model", type=Path, default=SHIPPED_MODEL,
+                    help="the .tflite (its card beside it; default: the shipped default model)")
     args = ap.parse_args(argv)
     if args.stacks < 1 or args.starts < 0 or not args.radius > 0:
         ap.error("--stacks >= 1, --starts >= 0, --radius > 0")
-    jobs = [(c, s, args.stacks, args.starts, args.radius, args.first_seed)
+    jobs = [(c, s, args.stacks, args.starts, args.radius, args.first_seed, args.model)
             for c in args.columns for s in args.scenes]
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:

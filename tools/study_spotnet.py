@@ -31,20 +31,19 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-try:
-    import numpy as np
-    from trainkit import spot_data, spot_training, spotnet
-    from trainkit.traced_sets import Condition
-except ModuleNotFoundError as missing:  # keras and tensorflow come with the [train] extra
-    if missing.name in ("keras", "tensorflow"):
-        sys.exit(f"study_spotnet: needs the [train] extra (pip install -e '.[train]'): {missing}")
-    raise
+from extras import require
 
-from temalign.estimate.model_estimator import SpotReading
-from temalign.estimate.model_walk import model_walk
-from temalign.estimate.walk import Walk, fit_points, rho_of
-from temalign.optics import D_FOV, WOBBLE_UNIT
-from temalign_twin.columns import COLUMNS
+require("tools/study_spotnet.py", "train", "keras", "tensorflow", "matplotlib")
+
+import numpy as np  # noqa: E402
+from trainkit import spot_data, spot_training, spotnet  # noqa: E402
+from trainkit.traced_sets import Condition  # noqa: E402
+
+from temalign.estimate.model_estimator import SpotReading  # noqa: E402
+from temalign.estimate.model_walk import model_walk  # noqa: E402
+from temalign.estimate.walk import Walk, fit_points, rho_of  # noqa: E402
+from temalign.optics import D_FOV, WOBBLE_UNIT  # noqa: E402
+from temalign_twin.columns import COLUMNS  # noqa: E402
 
 HOLD_OUT_COLUMN = "quarter-turn-mirrored"
 HOLD_OUT_SCENE = "stigmated-holography"

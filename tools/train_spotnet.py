@@ -26,12 +26,11 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the console
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-try:
-    from trainkit import spot_data, spot_export, spot_training
-except ModuleNotFoundError as missing:  # keras and tensorflow come with the [train] extra
-    if missing.name in ("keras", "tensorflow"):
-        sys.exit(f"train_spotnet: needs the [train] extra (pip install -e '.[train]'): {missing}")
-    raise
+from extras import require
+
+require("tools/train_spotnet.py", "train", "keras", "tensorflow")
+
+from trainkit import spot_data, spot_export, spot_training  # noqa: E402 (after the check for the extra)
 
 HOLD_OUT_COLUMN = "quarter-turn-mirrored"
 HOLD_OUT_SCENE = "stigmated-holography"

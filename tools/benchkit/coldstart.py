@@ -5,11 +5,12 @@ against the envelope. Used by tools/bench_coldstart.py and tests/test_bench_sess
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchkit.harness import sim_column
+from benchkit.harness import SHIPPED_MODEL, sim_column
 from benchkit.session import BAND_UNITS, envelope_violations
 from temalign.service.cycle import can_check, run_cycle
 from temalign.service.schedule import PlanState, observe, plan_next
@@ -27,12 +28,13 @@ def start_offset(seed: int, radius: float) -> tuple[float, float]:
 
 def cold_start(seed: int, radius: float, *, schedule: dict[str, Any] | None = None,
                safety: dict[str, Any] | None = None, max_cycles: int = MAX_CYCLES,
-               twin_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+               twin_overrides: dict[str, Any] | None = None,
+               model: Path = SHIPPED_MODEL) -> dict[str, Any]:
     """Cycles a fresh daemon needs to bring the column from a random start within `radius` to
     |m| <= 20 (None when `max_cycles` were not enough), with what each cycle did. With
     `twin_overrides` (another column or scene) the daemon first calibrates there, aligned."""
     overrides = {"schedule": {**(schedule or {}), "mode": "live"}, "safety": safety or {}}
-    with sim_column(seed, overrides=overrides, twin_overrides=twin_overrides) as col:
+    with sim_column(seed, overrides=overrides, twin_overrides=twin_overrides, model=model) as col:
         dx, dy = start_offset(seed, radius)
         col.offset(dx, dy)
         m0 = col.misalignment()

@@ -65,6 +65,9 @@ class StackVerdict:
     frame_usable: tuple[bool, ...]
     camera_risk: bool = False
     """A wide frame saturated (camera protection): no estimator, alone or not, may move on it."""
+    discs_lost_only: bool = False
+    """Doubtful only because wide discs left the detector: the beam is there and nothing
+    saturates, so a narrower wobble (narrower_wobble) keeps them on it."""
 
 
 def wide_frames(steps: int = STEPS) -> tuple[int, ...]:
@@ -112,6 +115,7 @@ def judge_stack(frames: Sequence[FrameFacts], *, conserved: bool, settings: Qual
         if present[k] and frames[k].on_detector < settings.disc_min_fraction:
             reasons.append(f"frame {k}: disc lost ({frames[k].on_detector:.0%} of it on the detector, below "
                            f"{settings.disc_min_fraction:.0%})")
+    lost_only = bool(reasons) and all("disc lost" in r for r in reasons)
     camera_risk = False
     for k in sorted(wide):
         fraction = frames[k].saturated_fraction
@@ -119,7 +123,24 @@ def judge_stack(frames: Sequence[FrameFacts], *, conserved: bool, settings: Qual
             camera_risk = True
             reasons.append(f"frame {k} saturated ({fraction:.1%} of pixels, above "
                            f"{settings.wide_saturated_max_fraction:.1%} in a wide frame)")
-    return StackVerdict(not reasons, tuple(reasons), tuple(usable), camera_risk)
+    lost_only = lost_only and not camera_risk
+    return StackVerdict(not reasons, tuple(reasons), tuple(usable), camera_risk, lost_only)
+
+
+NARROWER = 0.5
+"""A wobble whose wide discs left the detector is taken again at this fraction of its width: the
+discs walk and grow half as far."""
+
+
+def narrower_wobble(discs_lost_only: bool, fraction: float, lowest: float | None) -> float | None:
+    """The wobble fraction to take the stack again at, when it was doubtful only because its wide
+    discs left the detector (StackVerdict.discs_lost_only: a misalignment large for this column's
+    magnification), or None: it was not, or the estimator takes no narrower wobble (`lowest`: the
+    narrowest it was made for; None, a model made for one wobble only)."""
+    if not discs_lost_only or lowest is None:
+        return None
+    narrower = max(fraction * NARROWER, lowest)
+    return narrower if narrower < fraction * (1.0 - 1e-6) else None
 
 
 def camera_at_risk(saturated_fraction: float, abort_fraction: float) -> bool:

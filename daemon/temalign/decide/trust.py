@@ -9,11 +9,11 @@ agree within `estimator.agreement_units` (or `agreement_fraction` of a long move
 and diagnosis); without a calibration the classical estimator cannot speak, and
 `estimator.without_calibration` says whether the model alone may move.
 
-The model alone (`model_alone`, docs/safety.md): when the classical estimator cannot measure a
-stack at all (a specimen edge, a biprism or line foci defeat its thresholds; not when it measured
-and disagreed), a spot model that read the walk confidently may still move, but only a shorter
-step (`estimator.model_alone_max_units`), never on a stack that put the camera at risk, and the
-move is verified and rolled back like any other."""
+The model alone (`model_alone`, docs/safety.md): when the classical estimator cannot read the walk
+of a stack the quality gate passed (a specimen edge, a biprism or line foci pull its centroids off
+a line; not when it measured and disagreed, and never on a doubtful stack), a spot model that read
+the walk confidently may still move, but only a shorter step (`estimator.model_alone_max_units`),
+and the move is verified and rolled back like any other."""
 
 from __future__ import annotations
 
@@ -131,14 +131,14 @@ def agreement(model_delta: Vector, classical: ClassicalSays, settings: Estimator
     return Trust(model_delta, confidence, True, AGREE, f"model and classical agree within {gap:.1f} units")
 
 
-def model_alone(model: ModelSays | None, classical_cannot: str, *, camera_risk: bool,
+def model_alone(model: ModelSays | None, classical_cannot: str, *,
                 settings: EstimatorSettings) -> Trust | None:
-    """The model's move when the classical estimator could not measure (`classical_cannot` says
-    why), or None when the model may not move alone: it is not a spot model's confident reading,
-    the stack put the camera at risk, `estimator.use` is not both, or the rule is off
+    """The model's move when the classical estimator could not read the walk of a stack the quality
+    gate passed (`classical_cannot` says why), or None when the model may not move alone: it is not
+    a spot model's confident reading, `estimator.use` is not both, or the rule is off
     (`model_alone_max_units` 0). The step is shortened to `model_alone_max_units`."""
     limit = settings.model_alone_max_units
-    if model is None or camera_risk or settings.use != "both" or limit <= 0.0 or not _vector(model.delta):
+    if model is None or settings.use != "both" or limit <= 0.0 or not _vector(model.delta):
         return None
     if not (model.frames >= MODEL_ALONE_MIN_FRAMES and model.residual_px <= MODEL_ALONE_MAX_RESIDUAL_PX
             and model.confidence >= MODEL_ALONE_MIN_CONFIDENCE):

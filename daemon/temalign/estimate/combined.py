@@ -1,6 +1,7 @@
 """Both estimators on one stack, and the verdicts of decide/ on it: the stack's quality
 (decide.stack), then the estimator-agreement gate (decide.trust), and the model alone where the
-classical estimator cannot measure at all (decide.trust.model_alone).
+classical estimator cannot read the walk of a stack the quality gate passed
+(decide.trust.model_alone).
 
 A spot model (the default) reads each frame's spot; the walk through them (estimate/model_walk.py)
 goes through the column's calibration like the classical estimator's centroids, with the model's
@@ -150,16 +151,9 @@ class CombinedEstimator:
     def measure(self, stack: WobbleStack) -> Measurement:
         """Estimate delta from one stack; never raises for a bad stack (it is a reason instead)."""
         quality = assess_stack(stack, self.quality_settings)
-        if not quality.ok:
-            model = self.read(stack) if self.model.reads_spots and self.calibration is not None else None
-            if model is not None:
-                alone = model_alone(model.says, "; ".join(quality.reasons), camera_risk=quality.camera_risk,
-                                    settings=self.settings)
-                if alone is not None:
-                    return Measurement.of(quality, model, None, alone)
-            return Measurement(quality, None if model is None else model.delta, None, None, 0.0, False,
-                               DOUBTFUL_STACK, "; ".join(quality.reasons),
-                               model_walk=None if model is None else model.walk)
+        if not quality.ok:  # docs/safety.md: nothing moves on a doubtful stack, the model alone neither
+            return Measurement(quality, None, None, None, 0.0, False, DOUBTFUL_STACK,
+                               "; ".join(quality.reasons))
         model = self.read(stack)
         if model.delta is None:
             failed = Trust(None, 0.0, False, MODEL_FAILED, model.error or "")
@@ -180,6 +174,5 @@ class CombinedEstimator:
         said = ClassicalSays(classical.delta, classical.residual_px, classical.reason)
         verdict = agreement(model.delta, said, settings)
         if verdict.reason == CLASSICAL_FAILED:
-            verdict = model_alone(model.says, verdict.detail, camera_risk=quality.camera_risk,
-                                  settings=settings) or verdict
+            verdict = model_alone(model.says, verdict.detail, settings=settings) or verdict
         return Measurement.of(quality, model, classical, verdict, classical_ms)

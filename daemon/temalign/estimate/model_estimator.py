@@ -111,6 +111,14 @@ class ModelEstimator:
         return self.output == "spots"
 
     @property
+    def lowest_wobble(self) -> float | None:
+        """The narrowest wobble this model was made for (its card's `wobble_range`), or None for a
+        model made for one wobble only."""
+        if "wobble_range" not in self.card:
+            return None
+        return float(self.card["wobble_range"][0])
+
+    @property
     def twin_basis(self) -> Calibration | None:
         """The calibration of the geometry a twin-trained delta model speaks (None for a model
         trained on a column's own data, which already speaks that column's, and for a spot model,

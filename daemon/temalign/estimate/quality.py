@@ -30,12 +30,15 @@ class StackQuality:
     spots: tuple[Spot, ...] = field(default=(), compare=False, repr=False)
     camera_risk: bool = False
     """decide.stack.StackVerdict.camera_risk: a wide frame saturated."""
+    discs_lost_only: bool = False
+    """decide.stack.StackVerdict.discs_lost_only: doubtful only because wide discs left the detector."""
     """The spot measured in each frame (empty when the stack could not be measured), so the
     classical estimator does not measure the same frames again."""
 
     @classmethod
     def of(cls, verdict: StackVerdict, spots: tuple[Spot, ...] = ()) -> StackQuality:
-        return cls(verdict.ok, verdict.reasons, verdict.frame_usable, spots, verdict.camera_risk)
+        return cls(verdict.ok, verdict.reasons, verdict.frame_usable, spots, verdict.camera_risk,
+                   verdict.discs_lost_only)
 
 
 def _shape_problem(images: object) -> str | None:

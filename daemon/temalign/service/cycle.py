@@ -37,6 +37,7 @@ from temalign.clock import Clock
 from temalign.config.schema import Settings
 from temalign.decide import column
 from temalign.decide.envelope import Decision, RateLedger, check_aligned, decide
+from temalign.decide.stack import narrower_wobble
 from temalign.decide.verify import FailureCounter
 from temalign.estimate.classical import ClassicalEstimate, classical_estimate
 from temalign.estimate.combined import CombinedEstimator, Measurement
@@ -285,13 +286,15 @@ class _Cycle:
                                          last_position=position)
         return self.result("skipped", stop.reason, stop.detail + "; paused (temalign resume)")
 
-    def _wobble(self, label: str, steps: tuple[int, ...] | None = None) -> tuple[int, WobbleStack]:
+    def _wobble(self, label: str, steps: tuple[int, ...] | None = None,
+                fraction: float | None = None) -> tuple[int, WobbleStack]:
         """One wobble (C1 restored by wobble()), its intent journaled first; a failure journaled."""
         s = self.s
+        fraction = s.wobble.fraction if fraction is None else fraction
         extra = {} if steps is None else {"steps": list(steps)}
-        op = self.p.journal.intent("wobble", label=label, fraction=s.wobble.fraction, **extra)
+        op = self.p.journal.intent("wobble", label=label, fraction=fraction, **extra)
         try:
-            stack = wobble(self.p.microscope, self.p.source, fraction=s.wobble.fraction,
+            stack = wobble(self.p.microscope, self.p.source, fraction=fraction,
                            settle_s=s.wobble.settle_s, clock=self.p.clock, memory=self.p.memory,
                            restore_attempts=s.wobble.restore_attempts,
                            saturation_abort_fraction=s.quality.saturation_abort_fraction, steps=steps,
@@ -332,10 +335,21 @@ class _Cycle:
         return estimate
 
     def measure(self, label: str) -> Measurement:
-        """One wobble and both estimators; journaled before and after."""
-        op, stack = self._wobble(label)
+        """One wobble and both estimators; journaled before and after. A stack doubtful only
+        because its wide discs left the detector is taken again, narrower (decide.stack.
+        narrower_wobble), when the model was made for that wobble too."""
+        m = self._measure(label, None)
+        narrower = narrower_wobble(m.quality.discs_lost_only, self.s.wobble.fraction,
+                                   self.p.estimator.model.lowest_wobble)
+        if narrower is not None:
+            m = self._measure(f"{label}, narrower", narrower)
+        return m
+
+    def _measure(self, label: str, fraction: float | None) -> Measurement:
+        op, stack = self._wobble(label, fraction=fraction)
         m = self.p.estimator.measure(stack)
-        self._learn_check_bias(stack, m)
+        if fraction is None:
+            self._learn_check_bias(stack, m)
         self.p.journal.outcome(op, "wobble", ok=True, c1=stack.c1_before, trusted=m.trusted, reason=m.reason,
                                delta=rounded_pair(m.delta), model=rounded_pair(m.model_delta),
                                classical=rounded_pair(m.classical.delta) if m.classical else None)
