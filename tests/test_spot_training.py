@@ -12,7 +12,7 @@ import pytest
 
 tf = pytest.importorskip("tensorflow", reason="the [train] extra (TensorFlow) is not installed")
 
-from trainkit import spot_data, spot_export, spot_training, spotnet  # noqa: E402
+from trainkit import spot_data, spot_export, spot_training, spotnet, traced_sets  # noqa: E402
 
 from temalign.estimate.model_estimator import ModelEstimator, check_compatible  # noqa: E402
 
@@ -21,8 +21,8 @@ pytestmark = pytest.mark.timeout(300)
 
 @pytest.fixture(scope="module")
 def arrays() -> dict[str, np.ndarray]:
-    conds = spot_data.conditions(12, 5, hold_out_column="quarter-turn-mirrored",
-                                 hold_out_scene="stigmated-holography")
+    conds = traced_sets.conditions(12, 5, hold_out_column="quarter-turn-mirrored",
+                                   hold_out_scene="stigmated-holography", wide=True)
     return spot_data.build(conds, 5, workers=1)
 
 

@@ -36,7 +36,7 @@ from extras import require
 require("tools/study_spotnet.py", "train", "keras", "tensorflow", "matplotlib")
 
 import numpy as np  # noqa: E402
-from trainkit import spot_data, spot_training, spotnet  # noqa: E402
+from trainkit import spot_data, spot_training, spotnet, traced_sets  # noqa: E402
 from trainkit.traced_sets import Condition  # noqa: E402
 
 from temalign.estimate.model_estimator import SpotReading  # noqa: E402
@@ -76,10 +76,10 @@ def held_out_sets(folder: Path, n: int, seed: int) -> dict[str, dict[str, np.nda
         return arrays
 
     half = n // 2
-    inside = spot_data.conditions(n, seed + 1, wide=False, hold_out_column=HOLD_OUT_COLUMN,
+    inside = traced_sets.conditions(n, seed + 1, hold_out_column=HOLD_OUT_COLUMN,
                                   hold_out_scene=HOLD_OUT_SCENE)
-    outside = (spot_data.conditions(half, seed + 2, wide=False, only_column=HOLD_OUT_COLUMN)
-               + spot_data.conditions(n - half, seed + 3, wide=False, only_scene=HOLD_OUT_SCENE))
+    outside = (traced_sets.conditions(half, seed + 2, only_column=HOLD_OUT_COLUMN)
+               + traced_sets.conditions(n - half, seed + 3, only_scene=HOLD_OUT_SCENE))
     return {"inside": cached("inside", inside, seed + 1),
             "hard": cached("hard", hard_conditions(max(1, n // 12), seed + 4), seed + 4),
             "held-out": cached("held-out", outside, seed + 2)}

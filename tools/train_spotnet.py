@@ -30,7 +30,7 @@ from extras import require
 
 require("tools/train_spotnet.py", "train", "keras", "tensorflow")
 
-from trainkit import spot_data, spot_export, spot_training  # noqa: E402 (after the check for the extra)
+from trainkit import spot_data, spot_export, spot_training, traced_sets  # noqa: E402 (after the extra's check)
 
 HOLD_OUT_COLUMN = "quarter-turn-mirrored"
 HOLD_OUT_SCENE = "stigmated-holography"
@@ -93,16 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
-        train_conds = spot_data.conditions(args.stacks, args.seed, hold_out_column=args.hold_out_column,
-                                           hold_out_scene=args.hold_out_scene)
-        inside_conds = spot_data.conditions(args.held_out_stacks, args.seed + 1, wide=False,
-                                            hold_out_column=args.hold_out_column,
-                                            hold_out_scene=args.hold_out_scene)
+        train_conds = traced_sets.conditions(args.stacks, args.seed, hold_out_column=args.hold_out_column,
+                                             hold_out_scene=args.hold_out_scene, wide=True)
+        inside_conds = traced_sets.conditions(args.held_out_stacks, args.seed + 1,
+                                              hold_out_column=args.hold_out_column,
+                                              hold_out_scene=args.hold_out_scene)
         half = args.held_out_stacks // 2
-        outside_conds = (spot_data.conditions(half, args.seed + 2, wide=False,
-                                              only_column=args.hold_out_column)
-                         + spot_data.conditions(args.held_out_stacks - half, args.seed + 3, wide=False,
-                                                only_scene=args.hold_out_scene))
+        outside_conds = (traced_sets.conditions(half, args.seed + 2, only_column=args.hold_out_column)
+                         + traced_sets.conditions(args.held_out_stacks - half, args.seed + 3,
+                                                  only_scene=args.hold_out_scene))
     except ValueError as error:
         print(f"train_spotnet: {error}", file=sys.stderr)
         return 2

@@ -22,9 +22,7 @@ from typing import Any
 import numpy as np
 
 from temalign.estimate.preprocess import resolve
-from temalign_twin.columns import COLUMNS
-from temalign_twin.scenes import SCENES
-from trainkit.traced_sets import Condition, Sample, draw_condition, take_stack
+from trainkit.traced_sets import Condition, Sample, take_stack
 
 EDGE = 0.5
 """The detector spans -0.5 to 0.5 FOV on each axis (twin.md)."""
@@ -34,20 +32,6 @@ PREPROCESS = "temalign.estimate.preprocess:spots_128"
 def visible(centres: np.ndarray) -> np.ndarray:
     """Whether each true centre lies on the detector."""
     return np.all(np.abs(centres) < EDGE, axis=-1)
-
-
-def conditions(n: int, seed: int, *, hold_out_column: str | None = None, hold_out_scene: str | None = None,
-               only_column: str | None = None, only_scene: str | None = None,
-               wide: bool = True) -> list[Condition]:
-    """The `n` conditions of a set, as trainkit.traced_sets draws them (same seed, same set);
-    `wide`: random columns and scene layouts too (training sets; the named test sets are not)."""
-    columns = [only_column] if only_column else [c for c in COLUMNS if c != hold_out_column]
-    scenes = [only_scene] if only_scene else [s for s in SCENES if s != hold_out_scene]
-    unknown = [c for c in columns if c not in COLUMNS] + [s for s in scenes if s not in SCENES]
-    if unknown:
-        raise ValueError(f"unknown column or scene: {', '.join(unknown)}")
-    rng = np.random.default_rng([seed, 13])
-    return [draw_condition(rng, columns, scenes, wide=wide, name=f"drawn-{seed}-{i}") for i in range(n)]
 
 
 def _render(job: tuple[Condition, int, str]) -> dict[str, Any]:

@@ -211,20 +211,30 @@ def take_stack(condition: Condition, seed: int, side: int = 256) -> Sample:
                   (float(intercept[0]), float(intercept[1])), np.asarray(values, dtype=float), condition)
 
 
-def traced_set(n: int, seed: int, *, side: int = 256, hold_out_column: str | None = None,
-               hold_out_scene: str | None = None, only_column: str | None = None,
-               only_scene: str | None = None, progress: Callable[[int, int], None] | None = None
-               ) -> list[Sample]:
-    """`n` samples: every column and scene but the held-out ones, or only the ones named."""
+def conditions(n: int, seed: int, *, hold_out_column: str | None = None, hold_out_scene: str | None = None,
+               only_column: str | None = None, only_scene: str | None = None,
+               wide: bool = False) -> list[Condition]:
+    """The `n` conditions of a set: every column and scene but the held-out ones, or only the ones
+    named (same seed, same set); `wide`: random columns and scene layouts too (draw_condition)."""
     columns = [only_column] if only_column else [c for c in COLUMNS if c != hold_out_column]
     scenes = [only_scene] if only_scene else [s for s in SCENES if s != hold_out_scene]
     unknown = [c for c in columns if c not in COLUMNS] + [s for s in scenes if s not in SCENES]
     if unknown:
         raise ValueError(f"unknown column or scene: {', '.join(unknown)}")
     rng = np.random.default_rng([seed, 13])
+    return [draw_condition(rng, columns, scenes, wide=wide, name=f"drawn-{seed}-{i}") for i in range(n)]
+
+
+def traced_set(n: int, seed: int, *, side: int = 256, hold_out_column: str | None = None,
+               hold_out_scene: str | None = None, only_column: str | None = None,
+               only_scene: str | None = None, progress: Callable[[int, int], None] | None = None
+               ) -> list[Sample]:
+    """`n` samples (`conditions`, not wide), each rendered with its own seed."""
     out = []
-    for i in range(n):
-        out.append(take_stack(draw_condition(rng, columns, scenes), seed=seed * 100_003 + i, side=side))
+    for i, condition in enumerate(conditions(n, seed, hold_out_column=hold_out_column,
+                                             hold_out_scene=hold_out_scene, only_column=only_column,
+                                             only_scene=only_scene)):
+        out.append(take_stack(condition, seed=seed * 100_003 + i, side=side))
         if progress is not None:
             progress(i + 1, n)
     return out
