@@ -118,3 +118,25 @@ def test_any_wobble_inside_the_trained_range_is_accepted(fraction: float) -> Non
 def test_a_wobble_outside_the_trained_range_is_refused_naming_it() -> None:
     with pytest.raises(ModelError, match=r"trained on wobbles of 0.015 to 0.04 .* wobble.fraction is 0.05"):
         check_compatible(SPOT_CARD, wobble_fraction=0.05, frames="raw")
+
+
+def test_the_models_own_m_is_kept_only_where_it_agrees_with_the_classical_one() -> None:
+    """Least squares over four moves both ways; a model M 20 % off the classical one is refused,
+    one 3 % off kept."""
+    from temalign.service.calibrate import MODEL_M_TOLERANCE, _spot_model_matrix, fit_matrix
+
+    classical = nominal_calibration().array
+    moves = np.array([[100.0, -100.0, 0.0, 0.0], [0.0, 0.0, 100.0, -100.0]])
+    start = np.array([0.3, -0.2])
+
+    def walks(m: np.ndarray) -> list[Walk]:
+        return [Walk(start, 0.0, 7)] + [Walk(start + m @ d, 0.0, 7) for d in moves.T]
+
+    assert np.allclose(fit_matrix([w.slope for w in walks(classical)], moves), classical)
+    kept, why = _spot_model_matrix(walks(classical * 1.03), moves, classical)
+    assert why is None and np.allclose(np.array(kept), classical * 1.03)
+    refused, why = _spot_model_matrix(walks(classical * 1.2), moves, classical)
+    assert refused is None
+    assert why == f"its own M is 20% from the classical one, more than {MODEL_M_TOLERANCE:.0%}"
+    missing, why = _spot_model_matrix([*walks(classical)[:4], None], moves, classical)
+    assert missing is None and "no confident walk" in (why or "")

@@ -44,7 +44,7 @@ SAMPLE_S = 30.0
 START_DIRECTION = (-0.6, 0.8)
 JITTER_S = 10.0
 EXPOSURE_S = 0.1
-CAL_STEP_UNITS = 60.0
+CAL_STEP_UNITS = 100.0
 WOBBLING_OUTCOMES = frozenset({"corrected", "rolled_back", "within_deadband", "refused_low_confidence",
                                "refused_doubtful_stack", "refused_limit", "dry_run", "hold"})
 TWO_WOBBLES = frozenset({"corrected", "rolled_back"})

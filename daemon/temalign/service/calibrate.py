@@ -42,6 +42,13 @@ MOTOR_TOLERANCE_UNITS = 5.0
 MAX_RESIDUAL_FOV = 3.0 / 256
 """A walk that strays more than 3 px (at 256 px) rms from its fit is not a clean measurement."""
 STEP_RANGE = (10.0, 500.0)
+DEFAULT_STEP_UNITS = 100.0
+"""Long enough that a frame's few tenths of a pixel of noise are a per cent of the walk's change,
+short enough that every disc stays on the detector of a column at magnification 1.3."""
+MODEL_M_TOLERANCE = 0.1
+"""A spot model's own M is kept only within this (relative) of the classical one: the same walk of
+the same spot, measured twice; further apart, one of them misread the calibration's wobbles and the
+classical M, which passed its line test on every wobble, serves both."""
 MAX_MODEL_MISFIT = 0.25
 """The model's answers on the calibration wobbles must follow the known moves this well (relative)
 for its output to be calibrated; else it is re-mapped through M as before."""
@@ -85,7 +92,8 @@ def _return(microscope: Microscope, start: Position, clock: Clock) -> str | None
 
 
 def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: WobbleSettings,
-              quality_settings: QualitySettings, clock: Clock, memory: C1Memory, step_units: float = 60.0,
+              quality_settings: QualitySettings, clock: Clock, memory: C1Memory,
+              step_units: float = DEFAULT_STEP_UNITS,
               progress: Callable[[str], None] | None = None, model: ModelEstimator | None = None
               ) -> Calibration:
     """Measure M at the present aperture position and C1 (see module doc). Refuses (CalibrationError)
@@ -188,7 +196,7 @@ def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: W
     if model is None or measured_by != "measured":
         model_matrix, why_not = None, None
     elif model.reads_spots:
-        model_matrix, why_not = _spot_model_matrix(model_walks, moves)
+        model_matrix, why_not = _spot_model_matrix(model_walks, moves, matrix)
     else:
         model_matrix, why_not = _model_matrix(answers, moves, matrix, model)
     if why_not is not None:
@@ -238,13 +246,20 @@ def _model_walk(model: ModelEstimator, stack: WobbleStack) -> Walk | None:
     return walk
 
 
-def _spot_model_matrix(walks: list[Walk | None], moves: np.ndarray) -> tuple[Matrix | None, str | None]:
+def _spot_model_matrix(walks: list[Walk | None], moves: np.ndarray,
+                       classical: np.ndarray) -> tuple[Matrix | None, str | None]:
     """A spot model's own M from its walks on the calibration wobbles, as the classical M is
-    measured from the centroids' (None, and why, when it could not read them all)."""
+    measured from the centroids' (None, and why, when it could not read them all or its M is
+    further than MODEL_M_TOLERANCE from the classical one)."""
     if len(walks) != moves.shape[1] + 1 or any(w is None for w in walks):
         return None, "the model read no confident walk on a calibration stack"
+    own = fit_matrix([w.slope for w in walks if w is not None], moves)
+    apart = float(np.linalg.norm(own - classical) / np.linalg.norm(classical))
+    if apart > MODEL_M_TOLERANCE:
+        return None, (f"its own M is {apart:.0%} from the classical one, more than "
+                      f"{MODEL_M_TOLERANCE:.0%}")
     try:
-        return check_matrix(fit_matrix([w.slope for w in walks if w is not None], moves)), None
+        return check_matrix(own), None
     except ValueError as error:
         return None, str(error)
 

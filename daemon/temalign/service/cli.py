@@ -130,12 +130,13 @@ def register(subparsers: Subparsers) -> None:
     p.set_defaults(handler=lambda a: _command(a, "reference-set"))
 
     p = _verb_parser(subparsers, "calibrate", "measure how the spot walk follows the aperture (2 x 2)",
-                     "Move the aperture by known steps in x and y, wobble at each, and store the 2 x 2 "
-                     "calibration the classical estimator uses; each step is shown on stderr as it "
+                     "Move the aperture by known steps both ways in x and in y, wobble at the start and "
+                     "at each, and store the 2 x 2 calibrations both estimators use (the classical "
+                     "estimator's and the model's own); each step is shown on stderr as it "
                      "happens. Goes through the running daemon when one runs (never during a cycle); "
                      "the aperture and C1 are put back in any case.")
     _microscope_arg(p)
-    p.add_argument("--step", type=float, default=60.0, metavar="UNITS", help="step per axis (default 60)")
+    p.add_argument("--step", type=float, default=None, metavar="UNITS", help="step per axis (default 100)")
     _json_arg(p)
     p.set_defaults(handler=calibrate)
 
@@ -312,18 +313,21 @@ def calibrate(args: argparse.Namespace) -> int:
 
     sock = _socket(args)
     if is_running(sock):
-        cal = request(sock, "calibrate", {"step_units": args.step}, progress=_say)
+        asked = {} if args.step is None else {"step_units": args.step}
+        cal = request(sock, "calibrate", asked, progress=_say)
     else:
         cal = _calibrate_directly(_settings(args), args.step)
     print(json.dumps(cal, indent=1) if args.json else describe_calibration(cal))
     return 0
 
 
-def _calibrate_directly(settings: Settings, step: float) -> JsonObject:
+def _calibrate_directly(settings: Settings, step: float | None) -> JsonObject:
     from temalign.clock import RealClock
     from temalign.estimate.calibration import save_calibration
+    from temalign.estimate.model_estimator import open_model
     from temalign.protocol.errors import ProtocolError
     from temalign.protocol.tcp_microscope import TcpMicroscope
+    from temalign.service.calibrate import DEFAULT_STEP_UNITS
     from temalign.service.calibrate import calibrate as measure
     from temalign.wobble.c1_memory import C1Memory
     from temalign.wobble.cli import describe_protocol_error
@@ -338,8 +342,8 @@ def _calibrate_directly(settings: Settings, step: float) -> JsonObject:
         memory.recover(microscope)
         source = source_from_settings(settings.source, microscope, clock)
         cal = measure(microscope, source, wobble_settings=settings.wobble, quality_settings=settings.quality,
-                      clock=clock, memory=memory, step_units=step,
-                      progress=_say)
+                      clock=clock, memory=memory, step_units=DEFAULT_STEP_UNITS if step is None else step,
+                      progress=_say, model=open_model(settings, source.kind))
     except ProtocolError as error:
         raise TemalignError(describe_protocol_error(error, ms.address)) from None
     finally:

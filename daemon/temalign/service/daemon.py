@@ -37,6 +37,7 @@ from temalign.record.metrics import Metrics
 from temalign.record.result import MICROSCOPE_UNREACHABLE, CycleResult
 from temalign.record.state import RunState, StateStore
 from temalign.service import notify, recovery, verbs
+from temalign.service.calibrate import DEFAULT_STEP_UNITS
 from temalign.service.control import Caller, ControlServer
 from temalign.service.cycle import Parts, can_check, run_cycle
 from temalign.service.http_control import HttpControlServer
@@ -308,7 +309,7 @@ class Daemon:
         self.metrics.set_calibrated(self.estimator.calibration is not None)
         return unfit
 
-    def calibrate(self, step_units: float = 60.0) -> JsonObject:
+    def calibrate(self, step_units: float = DEFAULT_STEP_UNITS) -> JsonObject:
         """Measure and store the 2 x 2 calibration between cycles (service.verbs.calibrate)."""
         return verbs.calibrate(self, {"step_units": step_units}, Caller(None, "daemon"))
 

@@ -23,7 +23,7 @@ from temalign.protocol.errors import ProtocolError
 from temalign.record.journal import Journal
 from temalign.record.state import StateChanges
 from temalign.service import status as status_report
-from temalign.service.calibrate import STEP_RANGE
+from temalign.service.calibrate import DEFAULT_STEP_UNITS, STEP_RANGE
 from temalign.service.calibrate import calibrate as measure_calibration
 from temalign.service.control import Caller
 from temalign.timetext import format_duration, format_when, iso_time
@@ -180,7 +180,7 @@ def reference_set(daemon: Daemon, args: JsonObject, caller: Caller) -> Said:
 
 def calibrate(daemon: Daemon, args: JsonObject, caller: Caller) -> Reply:
     """Measure and store the 2 x 2 calibration between cycles (never during one)."""
-    asked = args.get("step_units", 60.0)
+    asked = args.get("step_units", DEFAULT_STEP_UNITS)
     step_units = finite_float(asked)
     if step_units is None or not STEP_RANGE[0] <= step_units <= STEP_RANGE[1]:
         raise ValueError(f"calibrate: step_units must be a number of units in [{STEP_RANGE[0]:g}, "
