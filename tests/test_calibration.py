@@ -280,3 +280,49 @@ def test_calibration_holds_under_stigmated_illumination(make_twin, connect, tmp_
     plain, _ = run(round_beam, connect(round_beam), tmp_path / "b")
     error = np.linalg.norm(stigmated.array - plain.array) / np.linalg.norm(plain.array)
     assert error < 0.05, (stigmated.matrix, plain.matrix)
+
+
+# ---- a move whose walk cannot be read --------------------------------------------------------------
+
+
+class Jumped:
+    """A source whose frames `at` (counted over the whole calibration) come 16 px off, as if the beam
+    jumped for one exposure: still a disc (the stack is not doubtful), but that wobble's spots stray
+    from a line."""
+
+    def __init__(self, camera: CameraSource, at: set[int]) -> None:
+        self.camera, self.at = camera, at
+        self.name, self.kind = "jumped", "raw"
+        self.grabs = 0
+
+    def grab(self) -> Frame:
+        frame = self.camera.grab()
+        k, self.grabs = self.grabs, self.grabs + 1
+        data = np.roll(frame.data, 16, axis=1) if k in self.at else frame.data
+        return Frame(data, frame.time, self.name, "raw")
+
+
+def test_one_move_the_walk_cannot_be_read_on_is_left_out(make_twin, connect, tmp_path) -> None:
+    """Frame 3 of the wobble after the +x step (grab 10) jumps: M comes from the other three moves
+    and is the one a clean calibration measures."""
+    served = make_twin(seed=4)
+    microscope = connect(served)
+    clean, _ = run(served, microscope, tmp_path / "a")
+    jumped, messages = run(served, microscope, tmp_path / "b",
+                           source=Jumped(CameraSource(microscope, clock=served.clock), {10}))
+    assert any("left out" in m and "after +100 units in x" in m and "stray" in m for m in messages), messages
+    assert any(m.startswith("M from 3 of 4 moves") for m in messages), messages
+    error = np.linalg.norm(jumped.array - clean.array) / np.linalg.norm(clean.array)
+    assert error < 0.05, (jumped.matrix, clean.matrix)
+
+
+@pytest.mark.parametrize(("at", "wobble"), [({3}, "at the start"), ({10, 17}, "after -100 units in x")])
+def test_the_start_or_a_second_unreadable_move_refuses_the_calibration(make_twin, connect, tmp_path, at,
+                                                                       wobble) -> None:
+    served = make_twin(seed=4)
+    microscope = connect(served)
+    start = microscope.aperture()
+    c0 = microscope.c1()
+    with pytest.raises(CalibrationError, match=f"wobble {wobble}: the spots stray"):
+        run(served, microscope, tmp_path, source=Jumped(CameraSource(microscope, clock=served.clock), at))
+    assert_back(served, microscope, (start.x, start.y), c0)

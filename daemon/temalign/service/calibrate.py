@@ -12,6 +12,11 @@ tied to its file) from the walks through its spots on the same wobbles. Where th
 cannot be measured (a specimen edge or the biprism defeats the centroid's thresholds) but the spot
 model read every wobble confidently, its M serves both (source "measured by the model").
 
+One move's wobble may be left out when neither estimator can read its walk (the spots stray from a
+line: a hologram's fringes under line foci, a disc at the detector's edge): M has four unknowns, and
+the other three moves still give six equations on independent directions. The start's wobble and a
+doubtful stack (no beam, a saturated frame) are never left out: they say something is wrong.
+
 The aperture is a tool's to move here (docs/safety.md, "Tools"), so it goes back to where it
 started whatever ends the calibration; C1 is the wobble's to restore."""
 
@@ -112,6 +117,8 @@ def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: W
     answers: list[tuple[float, float] | None] = []
     model_walks: list[Walk | None] = []
     classical: list[Walk | str] = []
+    left_out: list[str] = []
+    labels: list[str] = []
 
     def measure(label: str) -> None:
         stack = wobble(microscope, source, fraction=wobble_settings.fraction,
@@ -132,6 +139,7 @@ def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: W
                 walk = (f"the spots stray {walk.residual_fov * 256:.1f} px (at 256 px) from their fitted "
                         f"walk, above {MAX_RESIDUAL_FOV * 256:.0f} px")
         classical.append(walk)
+        labels.append(label)
         read = None
         if model is not None and model.reads_spots:
             read = _model_walk(model, stack)
@@ -142,7 +150,10 @@ def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: W
             say(f"wobble {label}: walk ({walk.slope[0]:+.4f}, {walk.slope[1]:+.4f}) FOV per unit rho, "
                 f"residual {walk.residual_fov * 256:.2f} px")
         elif read is None:
-            raise CalibrationError(f"wobble {label}: {walk}")
+            if len(classical) == 1 or walk.startswith("doubtful") or left_out:
+                raise CalibrationError(f"wobble {label}: {walk}")
+            left_out.append(label)
+            say(f"wobble {label}: {walk}; left out")
         else:
             say(f"wobble {label}: the classical estimator cannot measure it ({walk}); the model's walk "
                 f"({read.slope[0]:+.4f}, {read.slope[1]:+.4f}) FOV per unit rho")
@@ -174,31 +185,41 @@ def calibrate(microscope: Microscope, source: ImageSource, *, wobble_settings: W
         raise failure
     say(f"aperture back at ({start.x}, {start.y})")
 
-    moves = np.column_stack(displacements)
-    singular = np.linalg.svd(moves, compute_uv=False)
+    all_moves = np.column_stack(displacements)
+    singular = np.linalg.svd(all_moves, compute_uv=False)
     if singular[1] < 0.5 * step:
         raise CalibrationError(f"the moves {[d.tolist() for d in displacements]} are not independent; the "
                                "motor does not move as commanded")
-    read_by_model = [w for w in model_walks if w is not None]
+    # the classical walks; else the model's where it read every one; else either with one move left out
+    n = len(classical)
+    kept = [i for i, w in enumerate(classical) if isinstance(w, Walk)]
+    by_model = [i for i, w in enumerate(model_walks) if w is not None]
     measured_by = "measured"
-    if all(isinstance(w, Walk) for w in classical):
-        matrix = fit_matrix([w.slope for w in classical if isinstance(w, Walk)], moves)
-        residual = max(w.residual_fov for w in classical if isinstance(w, Walk))
-    elif len(read_by_model) == len(classical):
-        matrix = fit_matrix([w.slope for w in read_by_model], moves)
-        residual = max(w.residual_fov for w in read_by_model)
+    if len(kept) == n or (len(by_model) < n and len(kept) == n - 1 and 0 in kept):
+        walks: list[Walk] = [w for w in classical if isinstance(w, Walk)]
+    elif len(by_model) >= n - 1 and 0 in by_model:
+        kept = by_model
+        walks = [w for w in model_walks if w is not None]
         measured_by = "measured by the model"
         say("the classical walks could not all be measured: the model's M serves both estimators")
     else:
         why = next(w for w in classical if isinstance(w, str))
         raise CalibrationError(f"the spot walks cannot be measured ({why}); aperture back at "
                                f"({start.x}, {start.y})")
+    moves = all_moves[:, [i - 1 for i in kept[1:]]]
+    if len(kept) < n:
+        dropped = next(i for i in range(n) if i not in kept)
+        reading = classical[dropped]
+        why = reading if isinstance(reading, str) else "the model read no confident walk"
+        say(f"M from {len(kept) - 1} of {n - 1} moves: the wobble {labels[dropped]} left out ({why})")
+    matrix = fit_matrix([w.slope for w in walks], moves)
+    residual = max(w.residual_fov for w in walks)
     if model is None or measured_by != "measured":
         model_matrix, why_not = None, None
     elif model.reads_spots:
-        model_matrix, why_not = _spot_model_matrix(model_walks, moves, matrix)
+        model_matrix, why_not = _spot_model_matrix([model_walks[i] for i in kept], moves, matrix)
     else:
-        model_matrix, why_not = _model_matrix(answers, moves, matrix, model)
+        model_matrix, why_not = _model_matrix([answers[i] for i in kept], moves, matrix, model)
     if why_not is not None:
         say(f"the model's output is not calibrated ({why_not}): it goes through the classical M instead")
     try:
