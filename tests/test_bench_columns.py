@@ -48,7 +48,7 @@ def test_first_order_runs_keep_the_nominal_calibration() -> None:
 def test_bench_columns_writes_its_table(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "bench_columns.py"), "--columns",
                            "quarter-turn-mirrored", "--scenes", "biprism", "--stacks", "2", "--starts", "1",
-                           "--jobs", "1", "--out", str(tmp_path)],
+                           "--jobs", "1", "--out", str(tmp_path), "--plot", str(tmp_path / "columns.png")],
                           capture_output=True, text=True, timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-2000:]
     table = (tmp_path / "columns.md").read_text()
@@ -56,6 +56,9 @@ def test_bench_columns_writes_its_table(tmp_path: Path) -> None:
     cells = json.loads((tmp_path / "columns.json").read_text())["cells"]
     assert [(c["column"], c["scene"]) for c in cells] == [("quarter-turn-mirrored", "biprism")]
     assert cells[0]["accuracy"]["stacks"] == 2 and cells[0]["coldstart"]["starts"] == 1
+    points = cells[0]["accuracy"]["points"]
+    assert len(points) == 2 and all(len(p["truth"]) == 2 for p in points)
+    assert (tmp_path / "columns.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_the_benchmarks_refuse_a_bad_column_by_name(tmp_path: Path) -> None:

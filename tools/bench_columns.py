@@ -10,7 +10,9 @@ session); `--stacks` stacks at misalignments uniform within `--radius` give the 
 units) of the shipped model re-mapped through that calibration and of the classical estimator,
 and how many stacks the agreement gate trusted; `--starts` cold starts from within `--radius`
 give the share brought to |m| <= 20 within 2 and within 8 cycles, with the refusals' reasons.
-Writes columns.json and columns.md (the table of docs/benchmarks.md)."""
+Writes columns.json (with every stack's truth and estimates) and columns.md (the table of
+docs/benchmarks.md); `--plot` also draws the model's and the classical estimator's deltas against
+the truth, a panel per column, coloured by scene."""
 
 from __future__ import annotations
 
@@ -88,6 +90,42 @@ def markdown(cells: list[dict[str, Any]]) -> str:
     return "\n".join(rows) + "\n"
 
 
+def plot(cells: list[dict[str, Any]], path: Path, model_name: str) -> None:
+    """Predicted against true (both axes pooled, units), the model on top and the classical
+    estimator below, one panel per column: a biased scene shows as a slope, a failed one as a cloud."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = list(dict.fromkeys(c["column"] for c in cells))
+    scenes = list(dict.fromkeys(c["scene"] for c in cells))
+    colours = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(2, len(columns), figsize=(3.2 * len(columns), 6.4), squeeze=False)
+    for row, (key, label) in enumerate((("model", model_name), ("classical", "classical"))):
+        for col, column in enumerate(columns):
+            ax = axes[row][col]
+            for cell in (c for c in cells if c["column"] == column):
+                pairs = [(t, e) for p in cell["accuracy"]["points"] if p[key] is not None
+                         for t, e in zip(p["truth"], p[key], strict=True)]
+                if pairs:
+                    true, predicted = zip(*pairs, strict=True)
+                    ax.scatter(true, predicted, s=4, alpha=0.6, color=colours(scenes.index(cell["scene"])),
+                               label=cell["scene"])
+            limit = max(250.0, *(abs(v) for c in cells for p in c["accuracy"]["points"] for v in p["truth"]))
+            ax.plot([-limit, limit], [-limit, limit], color="black", linewidth=0.6)
+            ax.set_xlim(-limit, limit)
+            ax.set_ylim(-limit, limit)
+            ax.set_title(f"{label}: {column}", fontsize=9)
+            ax.set_xlabel("true delta, units", fontsize=8)
+            if col == 0:
+                ax.set_ylabel("predicted delta, units", fontsize=8)
+    axes[0][0].legend(fontsize=6, markerscale=2, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--columns", nargs="+", default=list(COLUMNS), choices=list(COLUMNS))
@@ -100,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("bench-out"))
     ap.add_argument("--model", type=Path, default=SHIPPED_MODEL,
                     help="the .tflite (its card beside it; default: the shipped default model)")
+    ap.add_argument("--plot", type=Path, default=None, metavar="PNG",
+                    help="also draw predicted against true for every cell here")
     args = ap.parse_args(argv)
     if args.stacks < 1 or args.starts < 0 or not args.radius > 0:
         ap.error("--stacks >= 1, --starts >= 0, --radius > 0")
@@ -116,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
               "wall_s": round(time.perf_counter() - started, 1), "cells": cells}
     (args.out / "columns.json").write_text(json.dumps(result, indent=1))
     (args.out / "columns.md").write_text(table)
+    if args.plot is not None:
+        plot(cells, args.plot, args.model.stem)
     print(table, end="")
     print(f"{len(cells)} cells in {result['wall_s']:.0f} s; wrote {args.out / 'columns.json'}, "
           f"{args.out / 'columns.md'}")

@@ -10,8 +10,10 @@ Four parts, each a median (or a ratio) of this one run, with a 256 x 256 camera:
   travel cost no wall time). The twin renders in this process, in its server thread; every
   request's server-side handling (render, base64, JSON) is timed and taken off, so `own_ms` is the
   daemon's time alone, broken down by step;
-- models: the shipped wobble_physics (.tflite, LiteRT one thread) against the same weights in Keras
-  (runs/shipped/best.keras), and the paper's CNN (untrained, 256 x 256 x 7) converted for scale;
+- models: each shipped model (spotnet, its int8 variant from `make model`, wobble_physics): its
+  preprocessing of a 256 px stack and LiteRT on one thread, against the same weights in Keras
+  where the training run's .keras is here; and the paper's CNN (untrained, 256 x 256 x 7)
+  converted for scale;
 - process: a real `temalign run` against a twin served from this process at a high time scale,
   driven through `once` on its control socket until an hour of twin time has passed: VmRSS and
   VmHWM, then CPU while idle (no cycle due), then start-up (exec to READY=1, median of 5), then
@@ -58,12 +60,21 @@ from temalign_twin.model import Twin
 from temalign_twin.service import TwinServer
 from temalign_twin.settings import TwinSettings
 
-TARGETS = {"own_ms_per_cycle": 100.0, "rss_mb": 200.0, "idle_cpu_percent": 1.0, "startup_s": 2.0}
+TARGETS = {"own_ms_per_cycle": 100.0, "rss_mb": 200.0, "idle_cpu_percent": 1.0, "startup_s": 2.0,
+           "model_litert_ms": 2.0, "model_preprocess_ms": 3.0, "model_mb": 4.0}
+"""Issue 5's (the daemon) and issue 13's (the default model, `spotnet`: a 256 px stack)."""
 INTERVAL_S = 300.0
 ROTATION_MARGIN = 16 << 10
 CHECK_INTERVAL_S = 60.0
 """Short, so that most of these cycles find the column still aligned and stop at the check."""
-SHIPPED_KERAS = REPO / "runs" / "shipped" / "best.keras"
+MODELS_DIR = SHIPPED_MODEL.parent
+MODELS = {
+    "spotnet": (MODELS_DIR / "spotnet.tflite", REPO / "runs" / "spotnet" / "spotnet.keras"),
+    "spotnet_int8": (REPO / "runs" / "spotnet" / "spotnet.int8.tflite", None),
+    "wobble_physics": (MODELS_DIR / "wobble_physics.tflite", REPO / "runs" / "shipped" / "best.keras"),
+}
+"""The .tflite measured, and the training run's .keras beside it where one is (`make model`,
+`make model-physics`)."""
 PROTOCOL_CALLS = ("acquire", "set_c1", "c1", "aperture", "move_aperture")
 
 
@@ -217,35 +228,47 @@ def _median_ms(fn: Callable[[], Any], repeats: int, warmup: int = 5) -> float:
 
 
 def bench_models(stacks: list[np.ndarray], repeats: int) -> dict[str, Any]:
-    """LiteRT (one thread) against Keras (TensorFlow on one thread) on the same weights."""
+    """Each shipped model (and the int8 spot network where `make model` left it): its
+    preprocessing of a camera stack and LiteRT (one thread), against the same weights in Keras
+    (TensorFlow on one thread) where the training run's .keras is here; and the paper's CNN."""
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(1)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    from trainkit import spotnet
     from trainkit.conversion import convert
     from trainkit.models import build, load_keras
 
     from temalign.estimate.litert_model import LiteModel
     from temalign.estimate.model_estimator import ModelEstimator
 
-    out: dict[str, Any] = {"keras_threads": 1, "litert_threads": 1, "repeats": repeats}
-    estimator = ModelEstimator(SHIPPED_MODEL)
-    x = estimator.tensor(stacks[0])
-    lite = estimator.lite
-    row: dict[str, Any] = {"tflite": str(SHIPPED_MODEL.relative_to(REPO)), "input": list(x.shape)}
-    row["litert_ms"] = _median_ms(lambda: lite.invoke_one(x), repeats)
-    if SHIPPED_KERAS.is_file():
-        keras_model = load_keras(str(SHIPPED_KERAS))
-        row["keras"] = str(SHIPPED_KERAS.relative_to(REPO))
-        row["keras_call_ms"] = _median_ms(lambda: keras_model(x, training=False), repeats)
-        row["keras_predict_on_batch_ms"] = _median_ms(lambda: keras_model.predict_on_batch(x), repeats)
-        diffs = [np.abs(np.asarray(keras_model(estimator.tensor(s), training=False)).reshape(-1)
-                        - lite.invoke_one(estimator.tensor(s))) for s in stacks]
-        row["same_weights_max_diff_units"] = round(float(np.max(diffs) * float(np.max(estimator.scale))), 4)
-        row["keras_over_litert"] = round(row["keras_call_ms"] / row["litert_ms"], 2)
-    else:
-        row["keras"] = "runs/shipped/best.keras absent: not measured"
-    out["wobble_physics"] = row
+    out: dict[str, Any] = {"keras_threads": 1, "litert_threads": 1, "repeats": repeats,
+                           "camera": list(stacks[0].shape)}
+    for name, (tflite_path, keras_path) in MODELS.items():
+        if not tflite_path.is_file():
+            out[name] = {"tflite": str(tflite_path.relative_to(REPO)), "absent": "not measured"}
+            continue
+        estimator = ModelEstimator(tflite_path)
+        x = estimator.tensor(stacks[0])
+        lite = estimator.lite
+        row: dict[str, Any] = {"tflite": str(tflite_path.relative_to(REPO)), "input": list(x.shape),
+                               "tflite_bytes": tflite_path.stat().st_size,
+                               "preprocess": estimator.card["preprocess"]}
+        row["preprocess_ms"] = _median_ms(lambda e=estimator: e.tensor(stacks[0]), repeats)
+        row["litert_ms"] = _median_ms(lambda lm=lite, t=x: lm.invoke_one(t), repeats)
+        if keras_path is not None and keras_path.is_file():
+            keras_model = load_keras(str(keras_path))
+            if keras_model.name == "spot_frame":  # train_spotnet keeps the per-frame network
+                keras_model = spotnet.stack_model(keras_model, int(x.shape[1]))
+            row["keras"] = str(keras_path.relative_to(REPO))
+            row["keras_call_ms"] = _median_ms(lambda k=keras_model, t=x: k(t, training=False), repeats)
+            diffs = [np.abs(np.asarray(keras_model(estimator.tensor(s), training=False)).reshape(-1)
+                            - lite.invoke_one(estimator.tensor(s)).reshape(-1)) for s in stacks]
+            row["same_weights_max_abs_output_diff"] = float(f"{float(np.max(diffs)):.3g}")
+            row["keras_over_litert"] = round(row["keras_call_ms"] / row["litert_ms"], 2)
+        elif keras_path is not None:
+            row["keras"] = f"{keras_path.relative_to(REPO)} absent: not measured"
+        out[name] = row
 
     paper = build("paper_cnn", (256, 256, 7))
     tflite = convert(paper, "float32")
@@ -436,9 +459,16 @@ def _table(result: dict[str, Any]) -> str:
                          f"{c['check_cycles_own_ms']['median']:>12.2f}")
     m = result.get("models")
     if m:
-        for name in ("wobble_physics", "paper_cnn"):
+        for name in (*MODELS, "paper_cnn"):
             row = m[name]
-            lines.append(f"{name + ' LiteRT ms':44} {row['litert_ms']:>12.2f}")
+            if "litert_ms" not in row:
+                continue
+            spot = name == "spotnet"
+            if "preprocess_ms" in row:
+                target = f"{TARGETS['model_preprocess_ms']:>10.0f}" if spot else ""
+                lines.append(f"{name + ' preprocessing ms':44} {row['preprocess_ms']:>12.2f} {target}")
+            target = f"{TARGETS['model_litert_ms']:>10.0f}" if spot else ""
+            lines.append(f"{name + ' LiteRT ms':44} {row['litert_ms']:>12.2f} {target}")
             if "keras_call_ms" in row:
                 lines.append(f"{name + ' Keras ms (ratio)':44} {row['keras_call_ms']:>12.2f} "
                              f"{'x' + str(row['keras_over_litert']):>10}")
@@ -501,6 +531,11 @@ def main(argv: list[str] | None = None) -> int:
         met["startup_s"] = p["startup_s"]["median"] <= TARGETS["startup_s"]
         if "startup_full_journal_s" in p:
             met["startup_s_full_journal"] = p["startup_full_journal_s"]["median"] <= TARGETS["startup_s"]
+    spot = (result.get("models") or {}).get("spotnet", {})
+    if "litert_ms" in spot:
+        met["model_litert_ms"] = spot["litert_ms"] <= TARGETS["model_litert_ms"]
+        met["model_preprocess_ms"] = spot["preprocess_ms"] <= TARGETS["model_preprocess_ms"]
+        met["model_mb"] = spot["tflite_bytes"] / 1e6 <= TARGETS["model_mb"]
     result["met"] = met
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{result['date']}  {result['machine']['platform']}  {result['machine']['cpus']} CPUs")

@@ -33,7 +33,8 @@ def column_accuracy(seed: int, n: int, radius: float, twin_overrides: dict[str, 
                     model: Path = SHIPPED_MODEL) -> dict[str, Any]:
     """`n` stacks at misalignments uniform in the disc of `radius` units: the RMSE (% of 1000
     units) of the re-mapped model and of the classical estimator over the stacks each answered,
-    how many each answered, how many the gate trusted (and its RMSE), and the reasons."""
+    how many each answered, how many the gate trusted (and its RMSE), the reasons, and each stack's
+    truth and estimates (`points`, for a plot of predicted against true)."""
     twin = deep_merge(twin_overrides, NO_DRIFT)
     with sim_column(seed, twin_overrides=twin, model=model) as col:
         estimator = col.parts.estimator
@@ -42,6 +43,7 @@ def column_accuracy(seed: int, n: int, radius: float, twin_overrides: dict[str, 
         model_err: list[tuple[float, float]] = []
         classical_err: list[tuple[float, float]] = []
         trusted_err: list[tuple[float, float]] = []
+        points: list[dict[str, Any]] = []
         reasons: Counter[str] = Counter()
         for _ in range(n):
             r = radius * math.sqrt(float(rng.uniform()))
@@ -61,6 +63,8 @@ def column_accuracy(seed: int, n: int, radius: float, twin_overrides: dict[str, 
                 classical_err.append(tuple(np.subtract(classical, truth)))
             if measured.trusted and measured.delta is not None:
                 trusted_err.append(tuple(np.subtract(measured.delta, truth)))
+            points.append({"truth": _rounded(truth), "model": _rounded(measured.model_delta),
+                           "classical": _rounded(classical)})
         calibration = col.notes.get("calibration", "nominal")
     return {"stacks": n, "radius": radius, "calibration": calibration,
             "model_rmse_percent": _rmse_percent(model_err), "model_p99_percent": _p99_percent(model_err),
@@ -69,4 +73,11 @@ def column_accuracy(seed: int, n: int, radius: float, twin_overrides: dict[str, 
             "classical_p99_percent": _p99_percent(classical_err), "classical_answered": len(classical_err),
             "trusted": len(trusted_err), "trusted_rmse_percent": _rmse_percent(trusted_err),
             "trusted_p99_percent": _p99_percent(trusted_err),
-            "reasons": dict(reasons.most_common())}
+            "reasons": dict(reasons.most_common()), "points": points}
+
+
+def _rounded(delta: Any) -> list[float] | None:
+    """A delta for the JSON (0.01 units), None where the estimator gave none."""
+    if delta is None or not all(map(math.isfinite, delta)):
+        return None
+    return [round(float(v), 2) for v in delta]

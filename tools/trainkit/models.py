@@ -221,6 +221,9 @@ def build(name: str, input_shape: Sequence[int], output_dim: int = 2, *, optimiz
 
 
 def load_keras(path: str) -> keras.Model:
-    """A saved .keras model, after the own-models module has registered any custom layers it uses."""
+    """A saved .keras model, after the own-models module and the spot network have registered the
+    custom layers it may use."""
     _load_own_models()
+    from trainkit import spotnet  # noqa: F401 (registers SoftArgmax and the spot network's layers)
+
     return keras.models.load_model(path, compile=False)
