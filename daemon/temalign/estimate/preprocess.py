@@ -226,15 +226,19 @@ def _clamp_hot(frames: np.ndarray, rank: int = HOT_RANK) -> np.ndarray:
     p = np.pad(frames, ((0, 0), (1, 1), (1, 1)), mode="edge")
     h, w = frames.shape[1:]
     top = [np.full_like(frames, -np.inf) for _ in range(rank)]  # the rank largest, descending
+    low, spare = np.empty_like(frames), np.empty_like(frames)  # in place: no array per step
     for di in (0, 1, 2):
         for dj in (0, 1, 2):
             if di == 1 and dj == 1:
                 continue
             v = p[:, di:di + h, dj:dj + w]
-            for k in range(rank):
-                bigger = np.maximum(top[k], v)
-                v = np.minimum(top[k], v)
-                top[k] = bigger
+            for k in range(rank):  # insert v; what it displaces moves down a rank
+                if k < rank - 1:
+                    np.minimum(top[k], v, out=low)
+                np.maximum(top[k], v, out=top[k])
+                if k < rank - 1:
+                    v = low
+                    low, spare = spare, low
     clamped: np.ndarray = np.minimum(frames, top[rank - 1])
     return clamped
 
@@ -279,6 +283,25 @@ SPOT_HOT_RANK = 2
 hot pixel or pair becomes one output pixel, which this removes; a disc's edge keeps its level."""
 
 
+def _block_mean(array: np.ndarray, side: int) -> np.ndarray:
+    """(n, side * k, side * k) as (n, side, side) float32 means of k x k blocks, by adding the k
+    rows, then the k columns, of each block as strided slices: about six times faster than numpy's
+    mean over two axes of a 5-d view at 256 px, and the same numbers for camera counts (sums of up
+    to 2^24 are exact in float32; the scale is a power of two where k is)."""
+    n, _, width = array.shape
+    k = width // side
+    f = array.astype(np.float32, copy=False).reshape(n * side, k, width)
+    rows = f[:, 0, :].copy()
+    for i in range(1, k):
+        rows += f[:, i, :]
+    blocks = rows.reshape(n * side, side, k)
+    out = blocks[:, :, 0].copy()
+    for j in range(1, k):
+        out += blocks[:, :, j]
+    out *= np.float32(1.0 / (k * k))
+    return out.reshape(n, side, side)
+
+
 def spots(stack: np.ndarray, side: int) -> np.ndarray:
     """`stack` (7, H, W), any numeric dtype, as the input `(1, side, side, 7)` float32 of the
     learned spot network (tools/trainkit/spotnet.py, docs/model-design.md): area-averaged into the
@@ -290,8 +313,7 @@ def spots(stack: np.ndarray, side: int) -> np.ndarray:
     array = _check(stack)
     n, h, w = array.shape
     if h == w and w % side == 0:  # the usual camera: block means straight to the input's size
-        k = w // side
-        binned = array.reshape(n, side, k, side, k).mean(axis=(2, 4), dtype=np.float32)
+        binned = _block_mean(array, side)
     else:
         frames = _prebin(array, side)
         if h != w:  # padded rows read as zeros: make the frame's median the zero, so they hold it
