@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from benchkit.harness import SHIPPED_MODEL
 from benchkit.session import STRATEGIES, check_accuracy, parse_set, run_session, twin_choice
 
 from temalign.config.schema import SafetySettings
@@ -41,11 +42,11 @@ WORST = {"within_20_fraction": min, "rms_units": max, "worst_units": max, "distu
          "wobbles": max, "checks": max, "corrections": max, "rollbacks": max, "cycles": max}
 
 
-def _one(args: tuple[int, str, float, dict[str, Any], bool, dict[str, Any]]) -> dict[str, Any]:
-    seed, strategy, hours, sets, trace, twin = args
+def _one(args: tuple[int, str, float, dict[str, Any], bool, dict[str, Any], Path]) -> dict[str, Any]:
+    seed, strategy, hours, sets, trace, twin, model = args
     return run_session(seed, strategy, hours=hours, schedule=sets.get("schedule"), safety=sets.get("safety"),
                        keep_trace=trace, progress=lambda line: print(line, flush=True),
-                       twin_overrides=twin or None)
+                       twin_overrides=twin or None, model=model)
 
 
 def aggregate(records: list[dict[str, Any]], deadband: float) -> dict[str, dict[str, Any]]:
@@ -139,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                     help="override a safety or schedule setting (repeatable), e.g. for a before/after run")
     ap.add_argument("--no-plot", action="store_true")
+    ap.add_argument("--model", type=Path, default=SHIPPED_MODEL,
+                    help="the .tflite, its card beside it (default: the shipped default model)")
     add_optics_arguments(ap)
     args = ap.parse_args(argv)
     twin = twin_choice(ap, args)
@@ -148,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"strategies from {STRATEGIES}, --seeds >= 1, --hours > 0 (got {unknown or ''})")
     sets = parse_set(args.set)
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
-    jobs = [(seed, s, args.hours, sets, seed == seeds[0], twin) for seed in seeds for s in strategies]
+    jobs = [(seed, s, args.hours, sets, seed == seeds[0], twin, args.model)
+            for seed in seeds for s in strategies]
     started = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         records = list(pool.map(_one, jobs))

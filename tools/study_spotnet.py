@@ -46,7 +46,7 @@ from temalign.optics import D_FOV, WOBBLE_UNIT  # noqa: E402
 from temalign_twin.columns import COLUMNS  # noqa: E402
 
 HOLD_OUT_COLUMN = "quarter-turn-mirrored"
-HOLD_OUT_SCENE = "stigmated-holography"
+HOLD_OUT_SCENE = "biprism"
 HARD_SCENES = ("specimen-edge", "biprism", "holography", "stigmated")
 
 
@@ -189,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     plot(out / "study.png", variants, "walk_rms_units", f"spot network variants, {args.runs} runs each "
          f"({args.stacks} stacks, {args.epochs} epochs): walk error through the column's scale")
     if args.sizes:
-        sized = [{**r, "name": str(r["stacks"])} for r in rows if r["name"] == args.variants[0]]
+        sized = [{**r, "name": str(r["stacks"])} for r in sorted(rows, key=lambda r: r["stacks"])
+                 if r["name"] == args.variants[0]]
         plot(out / "sizes.png", sized, "walk_rms_units", f"{args.variants[0]}: training stacks (Fig. 8)")
     print(f"done in {(time.monotonic() - started) / 60:.1f} min -> {out}")
     return 0

@@ -10,11 +10,12 @@ import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchkit.harness import SimColumn, sim_column
+from benchkit.harness import SHIPPED_MODEL, SimColumn, sim_column
 from temalign.config.schema import Settings
 from temalign.service.cycle import can_check, run_cycle
 from temalign.service.schedule import PlanState, observe, plan_next
@@ -155,16 +156,17 @@ def summarise(times: list[float], values: list[float], t_end: float) -> dict[str
 def run_session(seed: int, strategy: str, *, hours: float = 12.0, schedule: dict[str, Any] | None = None,
                 safety: dict[str, Any] | None = None, keep_trace: bool = False,
                 progress: Callable[[str], None] | None = None,
-                twin_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+                twin_overrides: dict[str, Any] | None = None, model: Path = SHIPPED_MODEL) -> dict[str, Any]:
     """One session of `hours` twin hours for `strategy` on seed `seed`, starting aligned (on
-    another column or scene, `twin_overrides`, calibrated there first)."""
+    another column or scene, `twin_overrides`, calibrated there first), with `model` (a .tflite,
+    its card beside it)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; one of {', '.join(STRATEGIES)}")
     overrides: dict[str, Any] = {"schedule": {**(schedule or {}), "mode": "live"}, "safety": safety or {}}
     if strategy in ESTIMATOR_USE:
         overrides["estimator"] = {"use": ESTIMATOR_USE[strategy]}
     t_end = hours * 3600.0
-    with sim_column(seed, overrides=overrides, twin_overrides=twin_overrides) as col:
+    with sim_column(seed, overrides=overrides, twin_overrides=twin_overrides, model=model) as col:
         sampler = Sampler(col)
         sampler.install()
         record: dict[str, Any] = {"seed": seed, "strategy": strategy, "hours": hours,
