@@ -33,7 +33,7 @@ require("tools/train_spotnet.py", "train", "keras", "tensorflow")
 from trainkit import spot_data, spot_export, spot_training, traced_sets  # noqa: E402 (after the extra's check)
 
 HOLD_OUT_COLUMN = "quarter-turn-mirrored"
-HOLD_OUT_SCENE = "stigmated-holography"
+HOLD_OUT_SCENE = "biprism"
 WOBBLE_RANGE = (0.015, 0.04)
 C0_RANGE = (0.97, 1.03)
 

@@ -144,14 +144,21 @@ def draw_condition(rng: np.random.Generator, columns: Sequence[str], scenes: Seq
     if wide and STIGMATED_HOLOGRAPHY not in scenes and SCENES[scene].overrides.get("scene", {}).get(
             "kind") == "holography":
         stigmated = False  # the held-out combination
+    ellipticity = float(rng.uniform(0.1, 0.5)) if stigmated else float(rng.uniform(0.0, 0.05))
+    angle = float(rng.uniform(-90.0, 90.0))
+    if "ellipticity" in SCENES[scene].overrides.get("optics", {}):
+        # a stigmated scene is stigmated: its line foci inside the wobble, the long axis across the
+        # wire for holography (the scene's own angle with the wire's, when the layout turns it)
+        ellipticity = float(rng.uniform(0.3, 0.5))
+        wire = dict(layout).get("wire_angle_deg", 90.0)
+        angle = (wire + float(rng.normal(0.0, 10.0))) % 180.0 - 90.0 if wide else 0.0  # wire - 90, mod 180
     return Condition(
         column=drawn.name if drawn is not None else str(rng.choice(list(columns))), scene=scene,
         wobble=float(rng.uniform(0.015, 0.04)), c0_over_cf=float(rng.uniform(0.97, 1.03)),
         offset=(radius * math.cos(phi), radius * math.sin(phi)),
         dose=float(math.exp(rng.uniform(math.log(1 / 30), math.log(4.0)))),
         camera=int(rng.choice(CAMERAS, p=CAMERA_WEIGHTS)), display=bool(rng.uniform() < 0.25),
-        ellipticity=float(rng.uniform(0.1, 0.5)) if stigmated else float(rng.uniform(0.0, 0.05)),
-        ellipse_angle_deg=float(rng.uniform(-90.0, 90.0)),
+        ellipticity=ellipticity, ellipse_angle_deg=angle,
         beam_shift=(float(rng.normal(0.0, 0.02)), float(rng.normal(0.0, 0.02))),
         drawn_column=drawn, layout=layout, texture_seed=texture_seed)
 
