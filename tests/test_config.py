@@ -633,6 +633,17 @@ def test_a_home_directory_of_no_known_user_is_named(key: str) -> None:
     assert isinstance(result, ConfigError) and key in str(result).splitlines()[0], result
 
 
+@pytest.mark.parametrize(("key", "value"), [("schedule.max_interval_s", 60),
+                                            ("schedule.min_interval_s", 900)])
+def test_an_interval_that_leaves_out_the_check_interval_is_named(key: str, value: int) -> None:
+    """The bounds of the adaptive schedule cut off the check interval: the message names the key
+    a person changed, with its section (found by the fuzz test below)."""
+    tree = copy.deepcopy(VALID)
+    _set(tree, key, value)
+    result = outcome(yaml.safe_dump(tree).encode())
+    assert isinstance(result, ConfigError) and key in str(result).splitlines()[0], result
+
+
 @FUZZ
 @given(st.sampled_from(leaf_keys()), SCALARS | st.just(_DELETE) | TREES)
 def test_fuzz_one_broken_key_is_named(key: str, value: Any) -> None:

@@ -387,8 +387,8 @@ class ScheduleSettings(Section):
             check = self.check_interval_s
             if check and not self.min_interval_s <= check <= self.max_interval_s:
                 raise key_error("check_interval_s", f"{self.check_interval_s} s is not between "
-                                f"schedule.min_interval_s ({self.min_interval_s} s) and max_interval_s "
-                                f"({self.max_interval_s} s); 0 turns the check off")
+                                f"schedule.min_interval_s ({self.min_interval_s} s) and "
+                                f"schedule.max_interval_s ({self.max_interval_s} s); 0 turns the check off")
         return self
 
 
