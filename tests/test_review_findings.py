@@ -449,9 +449,10 @@ def test_a_full_disk_mid_cycle_is_the_daemons_own_doing(make_twin: Any, connect:
     with mounted_tmpfs(short_dir / "state", "512k") as state_dir:
         save_calibration(state_dir, nominal_calibration())
         live = {"interval_s": 3600, "jitter_s": 0, "mode": "live"}
-        # one estimator: under load the twin drifts during the wobble and the two may disagree,
-        # which would end the cycle before the move this test is about
-        settings = Settings.model_validate(config(served, short_dir, wobble={"settle_s": 0.01},
+        # one estimator, and the lens settled (the twin's 1.5 s, 1.5 ms at its scale) before each
+        # frame: a frame taken part way makes the walk no line, and either would end the cycle
+        # before the move this test is about
+        settings = Settings.model_validate(config(served, short_dir, wobble={"settle_s": 2.0},
                                                   schedule=live, estimator={"use": "classical"}))
         microscope = connect(served)
         source = Filling(CameraSource(microscope, 0.1, served.clock), state_dir)
