@@ -84,3 +84,20 @@ def test_a_texture_seed_shares_one_read_only_texture_between_twins() -> None:
     first = _texture_field(7, 64, 64, 0.2, 0.01)
     assert _texture_field(7, 64, 64, 0.2, 0.01) is first and not first.flags.writeable
     assert not np.array_equal(_texture_field(8, 64, 64, 0.2, 0.01), first)
+
+
+def test_a_stigmated_scene_is_always_stigmated_and_a_holograms_long_axis_crosses_the_wire() -> None:
+    """The stigmated scenes put both line foci inside the wobble (ellipticity 0.3 to 0.5) in every
+    draw, not in 30 % of them; under holography the ellipse's long axis lies across the wire
+    (its angle the wire's less 90 degrees, within a few degrees), wherever the layout turns it."""
+    from trainkit.traced_sets import STIGMATED_HOLOGRAPHY
+
+    rng = np.random.default_rng(4)
+    drawn = [draw_condition(rng, list(COLUMNS), ["stigmated", STIGMATED_HOLOGRAPHY], wide=True,
+                            name=f"drawn-stig-{i}") for i in range(120)]
+    assert all(0.3 <= c.ellipticity <= 0.5 for c in drawn)
+    holograms = [c for c in drawn if c.scene == STIGMATED_HOLOGRAPHY]
+    assert len(holograms) > 30
+    across = np.array([(c.ellipse_angle_deg + 180.0 - dict(c.layout)["wire_angle_deg"]) % 180.0 - 90.0
+                       for c in holograms])  # the long axis against the wire's normal, -90 to 90
+    assert np.abs(across).max() < 45.0 and float(np.std(across)) < 15.0  # uniform would give std 52

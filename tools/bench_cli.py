@@ -23,7 +23,6 @@ import json
 import math
 import os
 import platform
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from benchkit.net import free_port
 
 from temalign.microscope import Position
 from temalign.protocol.tcp_microscope import TcpMicroscope
@@ -48,12 +48,6 @@ twin runs in real time (its drift as slow as a column's) and a wobble takes abou
 WITHIN_UNITS = 10.0
 NOT_REFUSED = ("corrected", "within_deadband", "checked")
 """Cycle outcomes (temalign.record.result.OUTCOMES) that are not a refusal or a failure."""
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _wait(check: Any, timeout_s: float, what: str) -> None:
@@ -87,14 +81,14 @@ def _cli(args: list[str], config: Path, timeout_s: float = 300) -> subprocess.Co
 
 def one_start(column: str, scene: str, seed: int, offset: float, model: str, root: Path) -> dict[str, Any]:
     """One cold start through the CLI (module doc); the cycles' outcomes and |m| after each."""
-    port = _free_port()
+    port = free_port()
     twin_args = [*CLI, "twin", "--optics", "traced", "--column", column, "--scene", scene,
                  "--port", str(port), "--seed", str(seed), *FAST]
     config = root / "temalign.yaml"
     config.write_text(yaml.safe_dump({
         "microscope": {"address": f"127.0.0.1:{port}"}, "paths": {"state_dir": str(root / "state")},
         "control": {"socket": str(root / "control.sock")},
-        "metrics": {"host": "127.0.0.1", "port": _free_port()},
+        "metrics": {"host": "127.0.0.1", "port": free_port()},
         "schedule": {"interval_s": 86400, "jitter_s": 0, "mode": "live"}, "wobble": {"settle_s": 0.02},
         "safety": {"on_aperture_moved": "new-reference"}, "estimator": {"model": model}}))
     result: dict[str, Any] = {"column": column, "scene": scene, "seed": seed, "cycles": []}

@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from benchkit.harness import REPO, SHIPPED_MODEL, sim_column
+from benchkit.net import free_port
 
 import temalign.estimate.combined as combined_module
 import temalign.service.cycle as cycle_module
@@ -286,12 +287,6 @@ def bench_models(stacks: list[np.ndarray], repeats: int) -> dict[str, Any]:
 # ---- a real `temalign run` process ------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _proc_status(pid: int) -> dict[str, int]:
     """VmRSS, VmHWM (kB) and thread count from /proc/PID/status."""
     fields = {}
@@ -381,7 +376,7 @@ def bench_process(seed: int, twin_hours: float, wall_s: float, idle_s: float, st
     host, port = server.address[:2]
     cfg = {"microscope": {"address": f"{host}:{port}"}, "paths": {"state_dir": str(root / "state")},
            "control": {"socket": str(root / "c.sock")},
-           "metrics": {"enabled": True, "host": "127.0.0.1", "port": _free_port()},
+           "metrics": {"enabled": True, "host": "127.0.0.1", "port": free_port()},
            "wobble": {"settle_s": 0.02},
            "schedule": {"interval_s": 3600, "jitter_s": 0, "mode": "live"}}
     config = root / "temalign.yaml"

@@ -36,7 +36,7 @@ from extras import require
 require("tools/study_spotnet.py", "train", "keras", "tensorflow", "matplotlib")
 
 import numpy as np  # noqa: E402
-from trainkit import spot_data, spot_training, spotnet, traced_sets  # noqa: E402
+from trainkit import spot_data, spot_export, spot_training, spotnet, traced_sets  # noqa: E402
 from trainkit.traced_sets import Condition  # noqa: E402
 
 from temalign.estimate.model_estimator import SpotReading  # noqa: E402
@@ -45,8 +45,6 @@ from temalign.estimate.walk import Walk, fit_points, rho_of  # noqa: E402
 from temalign.optics import D_FOV, WOBBLE_UNIT  # noqa: E402
 from temalign_twin.columns import COLUMNS  # noqa: E402
 
-HOLD_OUT_COLUMN = "quarter-turn-mirrored"
-HOLD_OUT_SCENE = "biprism"
 HARD_SCENES = ("specimen-edge", "biprism", "holography", "stigmated")
 
 
@@ -54,7 +52,7 @@ def hard_conditions(per_cell: int, seed: int) -> list[Condition]:
     """The daemon's own wobble on the training columns in the hard scenes (module doc)."""
     rng = np.random.default_rng([seed, 8])
     out = []
-    for column in (c for c in COLUMNS if c != HOLD_OUT_COLUMN):
+    for column in (c for c in COLUMNS if c != traced_sets.HOLD_OUT_COLUMN):
         for scene in HARD_SCENES:
             for _ in range(per_cell):
                 r, phi = 240.0 * math.sqrt(rng.uniform()), rng.uniform(0.0, 2 * math.pi)
@@ -75,11 +73,9 @@ def held_out_sets(folder: Path, n: int, seed: int) -> dict[str, dict[str, np.nda
         spot_data.save(path, arrays)
         return arrays
 
-    half = n // 2
-    inside = traced_sets.conditions(n, seed + 1, hold_out_column=HOLD_OUT_COLUMN,
-                                  hold_out_scene=HOLD_OUT_SCENE)
-    outside = (traced_sets.conditions(half, seed + 2, only_column=HOLD_OUT_COLUMN)
-               + traced_sets.conditions(n - half, seed + 3, only_scene=HOLD_OUT_SCENE))
+    inside = traced_sets.conditions(n, seed + 1, hold_out_column=traced_sets.HOLD_OUT_COLUMN,
+                                    hold_out_scene=traced_sets.HOLD_OUT_SCENE)
+    outside = traced_sets.held_out_conditions(n, seed + 2)
     return {"inside": cached("inside", inside, seed + 1),
             "hard": cached("hard", hard_conditions(max(1, n // 12), seed + 4), seed + 4),
             "held-out": cached("held-out", outside, seed + 2)}
@@ -108,13 +104,10 @@ def evaluate(model: Any, sets: dict[str, dict[str, np.ndarray]]) -> dict[str, di
     result = {}
     for name, arrays in sets.items():
         out = np.asarray(stack.predict(arrays["x"].astype(np.float32), batch_size=32, verbose=0))
-        spots = out.reshape(-1, spotnet.FRAMES, 3)
-        on = arrays["visible"].astype(bool)
-        dist = np.linalg.norm(spots[..., :2] - arrays["centres"], axis=-1)[on] * 128
+        frames = spot_export.frame_errors(out, arrays)
         walk = walk_units(out, arrays)
         answered = np.isfinite(walk)
-        result[name] = {"frame_median_px": float(np.median(dist)),
-                        "frame_p90_px": float(np.percentile(dist, 90)),
+        result[name] = {"frame_median_px": frames["median_px"], "frame_p90_px": frames["p90_px"],
                         "walk_rms_units": float(np.sqrt(np.mean(walk[answered] ** 2))),
                         "walk_p90_units": float(np.percentile(walk[answered], 90)),
                         "answered": int(answered.sum()), "stacks": len(walk)}

@@ -32,8 +32,6 @@ require("tools/train_spotnet.py", "train", "keras", "tensorflow")
 
 from trainkit import spot_data, spot_export, spot_training, traced_sets  # noqa: E402 (after the extra's check)
 
-HOLD_OUT_COLUMN = "quarter-turn-mirrored"
-HOLD_OUT_SCENE = "biprism"
 WOBBLE_RANGE = (0.015, 0.04)
 C0_RANGE = (0.97, 1.03)
 
@@ -44,8 +42,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out-stacks", type=int, default=300, help="stacks in each held-out set")
     p.add_argument("--seed", type=int, default=11,
                    help="the training set's seed (held-out sets: seed + 1 to seed + 3)")
-    p.add_argument("--hold-out-column", default=HOLD_OUT_COLUMN)
-    p.add_argument("--hold-out-scene", default=HOLD_OUT_SCENE)
+    p.add_argument("--hold-out-column", default=traced_sets.HOLD_OUT_COLUMN)
+    p.add_argument("--hold-out-scene", default=traced_sets.HOLD_OUT_SCENE)
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--width", type=int, default=16, help="channels of the inner convolutions")
     p.add_argument("--variant", default="plain", choices=("plain", "separable"),
@@ -98,10 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         inside_conds = traced_sets.conditions(args.held_out_stacks, args.seed + 1,
                                               hold_out_column=args.hold_out_column,
                                               hold_out_scene=args.hold_out_scene)
-        half = args.held_out_stacks // 2
-        outside_conds = (traced_sets.conditions(half, args.seed + 2, only_column=args.hold_out_column)
-                         + traced_sets.conditions(args.held_out_stacks - half, args.seed + 3,
-                                                  only_scene=args.hold_out_scene))
+        outside_conds = traced_sets.held_out_conditions(
+            args.held_out_stacks, args.seed + 2, column=args.hold_out_column, scene=args.hold_out_scene)
     except ValueError as error:
         print(f"train_spotnet: {error}", file=sys.stderr)
         return 2

@@ -44,7 +44,6 @@ SAMPLE_S = 30.0
 START_DIRECTION = (-0.6, 0.8)
 JITTER_S = 10.0
 EXPOSURE_S = 0.1
-CAL_STEP_UNITS = 100.0
 WOBBLING_OUTCOMES = frozenset({"corrected", "rolled_back", "within_deadband", "refused_low_confidence",
                                "refused_doubtful_stack", "refused_limit", "dry_run", "hold"})
 TWO_WOBBLES = frozenset({"corrected", "rolled_back"})
@@ -256,12 +255,12 @@ def _session(args: argparse.Namespace, session: Session) -> None:
         state_dir = settings.paths.ensure_state_dir()
         session.settle_s = settings.wobble.settle_s
 
-        print("calibrating the classical estimator (temalign calibrate: three wobbles, two known moves)...",
+        print("calibrating both estimators (temalign calibrate: five wobbles, four known moves)...",
               flush=True)
         source = CameraSource(microscope, EXPOSURE_S, clock)
         cal = calibrate(microscope, source, wobble_settings=settings.wobble,
                         quality_settings=settings.quality, clock=clock, memory=C1Memory(state_dir),
-                        step_units=CAL_STEP_UNITS, model=open_model(settings, "raw"),
+                        model=open_model(settings, "raw"),
                         progress=lambda text: print(f"  {text}", flush=True))
         save_calibration(state_dir, cal)
         session.calibration = "done"

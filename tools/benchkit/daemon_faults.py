@@ -41,8 +41,9 @@ from temalign.record.metrics import MAX_SCRAPERS
 from temalign.service.control import ControlError, is_running, request
 from temalign.wobble.c1_memory import same_c1
 
-from .faults import KILL_SCALE, DaemonRig, _free_port
+from .faults import KILL_SCALE, DaemonRig
 from .harness import REPO
+from .net import free_port
 
 KINDS = ("socket-regular-file", "socket-system-dir", "second-daemon", "stop-start", "listener-flood",
          "hostile-bytes", "pause-during-once", "read-only-state-dir")
@@ -243,7 +244,7 @@ class CampaignRig(DaemonRig):
         cfg = json.loads(json.dumps(self.cfg))
         cfg["paths"] = {"state_dir": str(changes.get("state_dir", self.root / name / "state"))}
         cfg["control"] = {"socket": str(changes.get("socket", self.root / name / "c.sock"))}
-        cfg["metrics"] = {"host": "127.0.0.1", "port": _free_port()}
+        cfg["metrics"] = {"host": "127.0.0.1", "port": free_port()}
         path = self.root / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         return path

@@ -48,6 +48,7 @@ from temalign_twin.settings import NO_DRIFT, TwinSettings
 
 from .disk import StateDisk, unavailable
 from .harness import EXPOSURE_S, REPO, SHIPPED_MODEL, settings_for, sim_column
+from .net import free_port
 
 MAX_OFFSET = 240.0
 CALL_TIMEOUT_S = 0.5
@@ -775,12 +776,6 @@ KILL_DELAY_S = {"any": (0.05, 1.5), "move": (0.0, 0.08), "wobble": (0.0, 0.3)}
 """Seconds from the start (any) or from the intent seen in flight (move, wobble) to the SIGKILL."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _pending(entries: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     open_: dict[int, dict[str, Any]] = {}
     for e in entries:
@@ -820,7 +815,7 @@ class DaemonRig:
         host, port = self.server.address[:2]
         cfg = {"microscope": {"address": f"{host}:{port}", "call_timeout_s": 2.0},
                "paths": {"state_dir": str(self.state_dir)}, "control": {"socket": str(root / "c.sock")},
-               "metrics": {"host": "127.0.0.1", "port": _free_port()},
+               "metrics": {"host": "127.0.0.1", "port": free_port()},
                "wobble": {"settle_s": 0.005}, "logging": {"format": "json"},
                "schedule": {"interval_s": 10, "jitter_s": 0, "mode": "live"}}
         import yaml

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from temalign.estimate.preprocess import resolve
-from trainkit.traced_sets import Condition, Sample, take_stack
+from trainkit.traced_sets import Condition, Sample, stack_seed, take_stack
 
 EDGE = 0.5
 """The detector spans -0.5 to 0.5 FOV on each axis (twin.md)."""
@@ -45,7 +45,7 @@ def _render(job: tuple[Condition, int, str]) -> dict[str, Any]:
 def build(conds: Sequence[Condition], seed: int, *, preprocess: str = PREPROCESS, workers: int | None = None,
           progress: Callable[[int, int, float], None] | None = None) -> dict[str, np.ndarray]:
     """Render and preprocess every condition (stack i of seed s is the same on every run)."""
-    jobs = [(c, seed * 100_003 + i, preprocess) for i, c in enumerate(conds)]
+    jobs = [(c, stack_seed(seed, i), preprocess) for i, c in enumerate(conds)]
     workers = workers or os.cpu_count() or 1
     start = time.monotonic()
     rows: list[dict[str, Any]] = []

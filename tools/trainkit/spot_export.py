@@ -5,7 +5,7 @@ thread, and written with its card (output "spots", the wobbles and wobble centre
 What "keeps accuracy" means here: LiteRT's spot centres on the held-out stacks stay within
 PARITY_PX of Keras' (pixels of the 128 px input) and its held-out centre error within 10 % of
 Keras'. The accuracy that matters (motor units through the daemon's walk and calibration) is
-measured by tools/bench_shipped.py on the traced columns and scenes."""
+measured by tools/bench_columns.py on the traced columns and scenes."""
 
 from __future__ import annotations
 

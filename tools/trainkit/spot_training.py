@@ -34,11 +34,16 @@ CONFIDENCE_SCALE = 0.01
 CONFIDENCE_WEIGHT = 0.3
 
 
+def _distance(y_true: Any, y_pred: Any) -> Any:
+    """Each frame's distance (FOV) between the predicted and the true centre."""
+    err = y_pred[:, :2] - y_true[:, :2]
+    return tf.sqrt(tf.reduce_sum(err * err, axis=-1) + 1e-12)
+
+
 def frame_loss(y_true: Any, y_pred: Any) -> Any:
     """y_true (N, 3): true x, y and whether the centre is on the detector; y_pred (N, 3): x, y,
     confidence logit."""
-    err = y_pred[:, :2] - y_true[:, :2]
-    dist = tf.sqrt(tf.reduce_sum(err * err, axis=-1) + 1e-12)
+    dist = _distance(y_true, y_pred)
     on = y_true[:, 2]
     scaled = dist / POSITION_SCALE
     huber = tf.where(scaled < 1.0, 0.5 * scaled * scaled, scaled - 0.5)
@@ -50,10 +55,8 @@ def frame_loss(y_true: Any, y_pred: Any) -> Any:
 
 def centre_error(y_true: Any, y_pred: Any) -> Any:
     """Mean distance (FOV) over the frames whose centre is on the detector: the metric to watch."""
-    err = y_pred[:, :2] - y_true[:, :2]
-    dist = tf.sqrt(tf.reduce_sum(err * err, axis=-1) + 1e-12)
     on = y_true[:, 2]
-    return tf.reduce_sum(on * dist) / (tf.reduce_sum(on) + 1e-6)
+    return tf.reduce_sum(on * _distance(y_true, y_pred)) / (tf.reduce_sum(on) + 1e-6)
 
 
 def frames_of(arrays: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -9,8 +9,8 @@ must meet columns and scenes nobody named: half the stacks on a column drawn at 
 aberration, aperture size and contamination, emission and crossover size over wider ranges than the
 named columns span), and every scene laid out at random (`random_layout`: where and at what angle
 the specimen edge and the biprism wire cross the field, how strong the specimen, the shadow and
-the fringes are). The held-out scene is never drawn, and neither is its combination of a
-hologram with stigmated illumination.
+the fringes are). The held-out scene is never drawn; when that is `stigmated-holography`,
+neither is a hologram under stigmated illumination.
 
 Each stack comes with the labels a walk-space network needs and the column's own:
 
@@ -86,6 +86,10 @@ class Condition:
         return layer
 
 
+HOLD_OUT_COLUMN = "quarter-turn-mirrored"
+HOLD_OUT_SCENE = "biprism"
+"""What the shipped spot network is trained without, to measure how it generalises
+(docs/model-design.md says why these two)."""
 TEXTURE_SEEDS = 24
 """Specimen textures per set (wide draws): each costs more than the stack's frames to make."""
 STIGMATED_HOLOGRAPHY = "stigmated-holography"
@@ -133,7 +137,7 @@ def random_layout(rng: np.random.Generator) -> tuple[tuple[str, float], ...]:
 def draw_condition(rng: np.random.Generator, columns: Sequence[str], scenes: Sequence[str], *,
                    wide: bool = False, name: str = "drawn") -> Condition:
     """A random condition from the ranges of the module doc (`wide`: random columns for half the
-    stacks and random scene layouts; `index` names a drawn column)."""
+    stacks and random scene layouts; `name` names a drawn column)."""
     radius = 400.0 * math.sqrt(float(rng.uniform()))
     phi = float(rng.uniform(0.0, 2.0 * math.pi))
     stigmated = rng.uniform() < 0.3
@@ -232,6 +236,20 @@ def conditions(n: int, seed: int, *, hold_out_column: str | None = None, hold_ou
     return [draw_condition(rng, columns, scenes, wide=wide, name=f"drawn-{seed}-{i}") for i in range(n)]
 
 
+def held_out_conditions(n: int, seed: int, *, column: str = HOLD_OUT_COLUMN,
+                        scene: str = HOLD_OUT_SCENE) -> list[Condition]:
+    """`n` conditions outside the training distribution: half on the held-out `column` in every
+    scene (drawn with `seed`), half in the held-out `scene` on every column (`seed + 1`)."""
+    half = n // 2
+    return (conditions(half, seed, only_column=column)
+            + conditions(n - half, seed + 1, only_scene=scene))
+
+
+def stack_seed(seed: int, index: int) -> int:
+    """The render seed of stack `index` of the set drawn with `seed`: the same stack on every run."""
+    return seed * 100_003 + index
+
+
 def traced_set(n: int, seed: int, *, side: int = 256, hold_out_column: str | None = None,
                hold_out_scene: str | None = None, only_column: str | None = None,
                only_scene: str | None = None, progress: Callable[[int, int], None] | None = None
@@ -241,7 +259,7 @@ def traced_set(n: int, seed: int, *, side: int = 256, hold_out_column: str | Non
     for i, condition in enumerate(conditions(n, seed, hold_out_column=hold_out_column,
                                              hold_out_scene=hold_out_scene, only_column=only_column,
                                              only_scene=only_scene)):
-        out.append(take_stack(condition, seed=seed * 100_003 + i, side=side))
+        out.append(take_stack(condition, seed=stack_seed(seed, i), side=side))
         if progress is not None:
             progress(i + 1, n)
     return out

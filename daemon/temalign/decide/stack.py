@@ -111,11 +111,12 @@ def judge_stack(frames: Sequence[FrameFacts], *, conserved: bool, settings: Qual
               for k in range(steps)]
     if hidden and not (all(present[k] for k in wide) and sum(usable) >= MIN_USABLE_WITH_HIDDEN):
         reasons += [f"no beam in frame {k} (blanked, or the disc is wholly off the detector)" for k in hidden]
+    beam_reasons = len(reasons)  # a beam absent: not what a narrower wobble mends
     for k in sorted(wide):
         if present[k] and frames[k].on_detector < settings.disc_min_fraction:
             reasons.append(f"frame {k}: disc lost ({frames[k].on_detector:.0%} of it on the detector, below "
                            f"{settings.disc_min_fraction:.0%})")
-    lost_only = bool(reasons) and all("disc lost" in r for r in reasons)
+    lost_only = beam_reasons == 0 and len(reasons) > 0
     camera_risk = False
     for k in sorted(wide):
         fraction = frames[k].saturated_fraction

@@ -73,12 +73,14 @@ class Calibration:
     residual_fov: float = 0.0
     settle_s: float | None = None
     model_matrix: Matrix | None = None
-    """A: delta (motor units, this column) = A @ the model's own output; A = s R, R the remap of
-    a twin-trained model's output through M (rotation, mirror) and s the scale measured on the
-    same three wobbles from the model's answers and the known moves (None: not measured). The
-    remap alone is wrong wherever the model's output does not scale with the walk: a model that
-    reads the walk against the disc's size does not see a column's magnification, and the remap
-    then divides by it (1.43 x at magnification 0.7)."""
+    """The model's own matrix, measured on the same calibration wobbles (None: not measured), for
+    the model file `model_fingerprint` names. For a spot model, its own M: the walk through its
+    spots against the moves, used as `matrix` is (Calibration.correction). For a delta model, A:
+    delta (motor units, this column) = A @ its output, A = s R, R the remap of a twin-trained
+    model's output through M (rotation, mirror) and s the scale fitted from its answers and the
+    known moves; the remap alone is wrong wherever the model's output does not scale with the
+    walk (a model that reads the walk against the disc's size does not see a column's
+    magnification, and the remap then divides by it: 1.43 x at magnification 0.7)."""
     model_fingerprint: str | None = None
     """ModelEstimator.fingerprint of the model A was measured for; another model ignores A."""
 

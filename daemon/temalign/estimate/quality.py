@@ -28,12 +28,12 @@ class StackQuality:
     reasons: tuple[str, ...]
     frame_usable: tuple[bool, ...]
     spots: tuple[Spot, ...] = field(default=(), compare=False, repr=False)
+    """The spot measured in each frame (empty when the stack could not be measured), so the
+    classical estimator does not measure the same frames again."""
     camera_risk: bool = False
     """decide.stack.StackVerdict.camera_risk: a wide frame saturated."""
     discs_lost_only: bool = False
     """decide.stack.StackVerdict.discs_lost_only: doubtful only because wide discs left the detector."""
-    """The spot measured in each frame (empty when the stack could not be measured), so the
-    classical estimator does not measure the same frames again."""
 
     @classmethod
     def of(cls, verdict: StackVerdict, spots: tuple[Spot, ...] = ()) -> StackQuality:
