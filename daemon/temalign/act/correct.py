@@ -57,6 +57,8 @@ class Mover:
         self.journal = journal
         self.ledger = ledger
         self.clock = clock
+        self.last_read: Pair | None = None
+        """The position the last move read back (None before one)."""
 
     def move(self, kind: str, origin: Pair, target: Pair) -> Pair:
         """Command a move to `target` and read the position back; ProtocolError passes through
@@ -69,6 +71,7 @@ class Mover:
             self.journal.outcome(op, kind, ok=False, error=f"{type(error).__name__}: {error}")
             raise
         read = (int(where.x), int(where.y))
+        self.last_read = read
         self.ledger.add(self.clock.now(), math.dist(origin, read))
         self.journal.outcome(op, kind, ok=True, read_back=read)
         return read

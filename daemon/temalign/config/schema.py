@@ -479,6 +479,27 @@ class JournalSettings(Section):
     keep_files: Annotated[int, Field(ge=1, le=1000)] = 20
 
 
+class StoreSettings(Section):
+    """The stack store (record.stacks): every full wobble kept on disk for learning, bounded."""
+
+    enabled: bool = True
+    dir: PathText | None = None
+    """Where the stacks go; null: `<paths.state_dir>/stacks`."""
+    max_bytes: Annotated[int, Field(ge=1 << 20, le=1 << 44)] = 2_000_000_000
+    min_free_bytes: Annotated[int, Field(ge=0, le=1 << 44)] = 1 << 30
+    reference_label_s: Annotated[float, Field(ge=0.0, le=86400.0)] = 900.0
+
+    @field_validator("dir")
+    @classmethod
+    def _dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        value = _resolve(value, info)
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a directory")
+        return value
+
+
 class Settings(Section):
     """Everything the daemon reads from temalign.yaml. Only `microscope.address` is required: the
     daemon connects to no address nobody wrote down."""
@@ -495,6 +516,12 @@ class Settings(Section):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     control: ControlSettings = Field(default_factory=ControlSettings)
     journal: JournalSettings = Field(default_factory=JournalSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+
+    @property
+    def store_dir(self) -> Path:
+        """Where the stack store keeps its stacks: `store.dir`, else `<paths.state_dir>/stacks`."""
+        return self.store.dir if self.store.dir is not None else self.paths.state_dir / "stacks"
 
     @model_validator(mode="after")
     def _acquire_outlasts_exposure(self) -> Settings:

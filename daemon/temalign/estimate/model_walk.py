@@ -29,6 +29,10 @@ class ModelWalk:
     walk: Walk | None
     used: tuple[bool, ...]
     reason: str | None
+    centres: tuple[tuple[float, float], ...] = ()
+    """Each frame's spot as the model read it, FOV (the stack store keeps them beside the frames)."""
+    confidence: tuple[float, ...] = ()
+    """The model's confidence in each frame's spot, 0 to 1."""
 
     @property
     def frames(self) -> int:
@@ -54,6 +58,7 @@ def model_walk(reading: SpotReading, c1_values: tuple[float, ...] | list[float],
         weights[worst] = 0.0
         walk = fit_points(rho, np.nan_to_num(centres), weights, MIN_FRAMES)
     used = tuple(bool(w > 0.0) for w in weights)
+    read = (tuple((float(x), float(y)) for x, y in centres), tuple(float(c) for c in confidence))
     if isinstance(walk, str):
-        return ModelWalk(None, used, f"the model: {walk}")
-    return ModelWalk(walk, used, None)
+        return ModelWalk(None, used, f"the model: {walk}", *read)
+    return ModelWalk(walk, used, None, *read)

@@ -18,7 +18,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -182,6 +182,18 @@ class Metrics:
             "calibrated",
             "1 when a calibration for the classical estimator is loaded, else 0",
             namespace=NAMESPACE, registry=r)
+        self.stack_store_bytes = Gauge(
+            "stack_store_bytes",
+            "Bytes the stack store holds (stacks and their labels); absent value (NaN) without a store",
+            namespace=NAMESPACE, registry=r)
+        self.stack_store_stacks = Gauge(
+            "stack_store_stacks",
+            "Wobble stacks the stack store holds",
+            namespace=NAMESPACE, registry=r)
+        self.stack_store_stopped = Gauge(
+            "stack_store_stopped",
+            "1 while the stack store does not store (low disk space, an unwritable directory), else 0",
+            namespace=NAMESPACE, registry=r)
 
         for outcome in OUTCOMES:
             self.cycles.labels(outcome=outcome)
@@ -190,6 +202,8 @@ class Metrics:
         for estimator in ESTIMATORS:
             self.inference_duration.labels(estimator=estimator)
         self.misalignment.set(math.nan)
+        for gauge in (self.stack_store_bytes, self.stack_store_stacks, self.stack_store_stopped):
+            gauge.set(math.nan)
         self.misalignment_after.set(math.nan)
         self.confidence.set(math.nan)
         self.last_cycle.set(math.nan)
@@ -361,6 +375,17 @@ class Metrics:
     def set_calibrated(self, calibrated: bool) -> None:
         """Whether the classical estimator has a calibration (`temalign_calibrated`)."""
         self.calibrated.set(1 if calibrated else 0)
+
+    def watch_stack_store(self, status: Callable[[], Mapping[str, object]]) -> None:
+        """Read the stack store's `status()` (record.stacks) at every scrape: its bytes, stacks, and
+        whether it stopped storing."""
+        def figure(key: str) -> float:
+            value = status().get(key)
+            return float(value) if isinstance(value, int | float) else math.nan
+
+        self.stack_store_bytes.set_function(lambda: figure("bytes"))
+        self.stack_store_stacks.set_function(lambda: figure("stacks"))
+        self.stack_store_stopped.set_function(lambda: 0.0 if status().get("stopped") is None else 1.0)
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format, as the endpoint serves it."""

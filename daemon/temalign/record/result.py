@@ -54,6 +54,8 @@ class CycleResult:
     decision: Decision | None = None
     applied: tuple[float, float] | None = None
     check: ClassicalEstimate | None = None
+    stacks: tuple[str, ...] = ()
+    """The ids of the wobbles the stack store kept during this cycle (record.stacks)."""
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:
@@ -74,7 +76,7 @@ class CycleResult:
                 "position_before": self.position_before, "position_after": self.position_after,
                 "c1": self.c1, "before": measurement_json(self.before), "after": measurement_json(self.after),
                 "decision": decision_json(self.decision), "applied": self.applied,
-                "check": check_json(self.check)}
+                "check": check_json(self.check), "stacks": list(self.stacks)}
 
 
 def check_json(c: ClassicalEstimate | None) -> JsonObject | None:

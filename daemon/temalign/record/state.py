@@ -35,6 +35,9 @@ STATE_VERSION = 1
 FILE_MODE = 0o640
 Mode = Literal["live", "dry-run"]
 MODES: tuple[Mode, ...] = ("live", "dry-run")
+FIRST_CORRECTION = "first verified correction"
+"""`reference_set_by` of a reference the daemon set itself (no person's had been set): it labels no
+stored stack (record.stack_labels)."""
 _FIELDS = ("mode", "paused_until", "pause_reason", "hold", "reference", "reference_set_by",
            "last_position", "last_c1")
 

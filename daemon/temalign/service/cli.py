@@ -142,7 +142,9 @@ def register(subparsers: Subparsers) -> None:
 
     p = subparsers.add_parser("history", help="the last cycles, from the journal (daemon not needed)",
                               description="The last cycles from the journal in the state directory, one "
-                                          "line each; works with the daemon stopped.")
+                                          "line each (its time, how many of its wobbles the stack store "
+                                          "kept, what it did; --json: their ids in `stacks`); works with "
+                                          "the daemon stopped.")
     _config_arg(p)
     p.add_argument("-n", type=int, default=20, metavar="N", help="how many cycles (default 20)")
     _json_arg(p)
@@ -248,8 +250,15 @@ def history(args: argparse.Namespace) -> int:
         print(json.dumps(cycles, indent=1, default=str))
     else:
         for c in cycles:
-            print(f"{_local(c.get('time'))}  {cycle_summary(c)}")
+            print(f"{_local(c.get('time'))}  {_stored(c):9}  {cycle_summary(c)}")
     return 0
+
+
+def _stored(cycle: JsonObject) -> str:
+    """History's column of the stack store: how many of the cycle's wobbles it kept (record.stacks)."""
+    kept = cycle.get("stacks")
+    count = len(kept) if isinstance(kept, list) else 0
+    return "no stack" if count == 0 else f"{count} stack{'s' if count > 1 else ''}"
 
 
 def _local(stamp: object) -> str:

@@ -7,7 +7,8 @@
     decide                     the motion envelope (decide.envelope.decide)
     act                        move, read back, verify, keep or roll back (act.correct)
     record                     the journal (before and after every action), the run state, the
-                               CycleResult (record.result)
+                               CycleResult (record.result); every full wobble in the stack store
+                               (record.stacks), labelled once the cycle has ended
 
 Every safety rule is a pure function in decide/ (docs/safety.md lists them); this module only
 sequences them and records what they said. Errors become outcomes: a cycle never raises for what
@@ -47,7 +48,9 @@ from temalign.microscope import Microscope
 from temalign.protocol.errors import ProtocolError
 from temalign.record.journal import Journal, JournalError
 from temalign.record.result import MICROSCOPE_UNREACHABLE, CycleResult
-from temalign.record.state import RunState, StateChanges, StateStore, StateWriteError
+from temalign.record.stack_labels import REFERENCE_SCAN_ENTRIES, KeptStack, cycle_labels, stack_meta
+from temalign.record.stacks import StackStore
+from temalign.record.state import FIRST_CORRECTION, RunState, StateChanges, StateStore, StateWriteError
 from temalign.values import rounded_pair
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.errors import (
@@ -115,6 +118,8 @@ class Parts:
     column with an edge in the beam the check read 15 to 20 units where the wobble read 4 to 6."""
     wall: Callable[[], float] = time.time
     """Wall-clock epoch seconds, for pause deadlines (a person's time, not the twin's)."""
+    stacks: StackStore | None = None
+    """Where every full wobble is kept (record.stacks); None keeps none. Never fatal to a cycle."""
 
     def __post_init__(self) -> None:
         if self.failures is None:
@@ -137,6 +142,7 @@ class CycleFields(TypedDict, total=False):
     decision: Decision | None
     applied: tuple[float, float] | None
     check: ClassicalEstimate | None
+    stacks: tuple[str, ...]
 
 
 class _Cycle:
@@ -153,6 +159,9 @@ class _Cycle:
         self.state: RunState = parts.state.load(self.s.schedule.mode)
         self.live = self.state.mode == "live" and self.state.hold is None
         self.fields: CycleFields = {}
+        self.at: Pair | None = None
+        """Where the aperture is for the next wobble: read at the start, then each move's read-back."""
+        self.kept: list[KeptStack] = []
 
     def result(self, outcome: str, reason: str, detail: str) -> CycleResult:
         mode = "hold" if self.state.hold else self.state.mode
@@ -261,6 +270,7 @@ class _Cycle:
         where = self.p.microscope.aperture()
         position, c1 = (int(where.x), int(where.y)), float(self.p.microscope.c1())
         self.fields.update({"position_before": position, "position_after": position, "c1": c1})
+        self.at = position
         if self.p.session_start is None:
             self.p.session_start = position
         return position, c1
@@ -348,12 +358,42 @@ class _Cycle:
     def _measure(self, label: str, fraction: float | None) -> Measurement:
         op, stack = self._wobble(label, fraction=fraction)
         m = self.p.estimator.measure(stack)
+        self._keep(label, stack, m)
         if fraction is None:
             self._learn_check_bias(stack, m)
         self.p.journal.outcome(op, "wobble", ok=True, c1=stack.c1_before, trusted=m.trusted, reason=m.reason,
                                delta=rounded_pair(m.delta), model=rounded_pair(m.model_delta),
                                classical=rounded_pair(m.classical.delta) if m.classical else None)
         return m
+
+    def _keep(self, label: str, stack: WobbleStack, m: Measurement) -> None:
+        """The wobble into the stack store, if there is one (never fatal: record.stacks)."""
+        store = self.p.stacks
+        if store is None:
+            return
+        try:
+            meta = stack_meta(stack, m, wobble=label, cycle_started=self.t0, position=self.at,
+                              wall=self.p.wall(), estimator=self.p.estimator)
+        except OSError:  # the model file, read for its fingerprint, gone from under the daemon
+            return
+        sid = store.put(stack, meta)
+        if sid is not None:
+            self.kept.append(KeptStack(sid, label, self.at, float(stack.times[0]), m))
+            self.fields["stacks"] = tuple(k.id for k in self.kept)
+
+    def label_stacks(self, result: CycleResult) -> None:
+        """The cycle's outcome and the labels it earned (record.stack_labels) beside its stacks."""
+        store = self.p.stacks
+        if store is None or not self.kept:
+            return
+        try:
+            journal = self.p.journal.tail(REFERENCE_SCAN_ENTRIES)
+        except (JournalError, OSError):
+            journal = []  # no person's reference to be found: no reference labels
+        labels = cycle_labels(self.kept, outcome=result.outcome, before=result.before, applied=result.applied,
+                              after=result.after, journal=journal, window_s=self.s.store.reference_label_s)
+        for sid, said in labels.items():
+            store.label(sid, result.outcome, said)
 
     def _learn_check_bias(self, stack: WobbleStack, m: Measurement) -> None:
         """What the check would have read on this trusted wobble's own frames, less what the
@@ -395,9 +435,13 @@ class _Cycle:
         if stop is not None:
             return self.result("skipped", stop[0], f"{stop[1]}: the correction to {target} was not made")
         mover = Mover(self.p.microscope, self.p.journal, self.p.ledger, self.p.clock)
-        acted: Acted = correct(mover, position=position, target=target, before=before,
-                               verify=lambda: self.measure("verify"), safety=self.s.safety,
-                               interlock=self.interlock)
+
+        def verify() -> Measurement:
+            self.at = mover.last_read
+            return self.measure("verify")
+
+        acted: Acted = correct(mover, position=position, target=target, before=before, verify=verify,
+                               safety=self.s.safety, interlock=self.interlock)
         self.fields.update({"position_after": acted.position_after, "applied": acted.applied,
                             "after": acted.after})
         if acted.reason == C1_RESTORE_FAILED:
@@ -410,9 +454,9 @@ class _Cycle:
         assert acted.outcome == CORRECTED
         self.p.failure_count.success()
         if self.state.reference is None and acted.position_after is not None:
-            first = "first verified correction"
-            self.state = self.p.state.update(reference=acted.position_after, reference_set_by=first)
-            self.p.journal.append("reference", position=acted.position_after, set_by=first)
+            self.state = self.p.state.update(reference=acted.position_after,
+                                             reference_set_by=FIRST_CORRECTION)
+            self.p.journal.append("reference", position=acted.position_after, set_by=FIRST_CORRECTION)
         return self.result(CORRECTED, decision.reason, f"{decision.detail}; {acted.detail}")
 
     # ---- state ----------------------------------------------------------------------------------
@@ -461,6 +505,7 @@ def run_cycle(parts: Parts, *, asked: column.Asked = "schedule", look: str = "fu
     with `estimator.use: model`, and when not live, the look is always full."""
     cycle = _Cycle(parts, asked, look)
     result = cycle.run()
+    cycle.label_stacks(result)
     try:
         parts.journal.append("cycle", **result.to_json())
     except JournalError as error:  # kept by the journal, written once the disk takes it

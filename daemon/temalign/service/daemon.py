@@ -35,6 +35,7 @@ from temalign.protocol.errors import ProtocolError
 from temalign.record.logs import cycle_line
 from temalign.record.metrics import Metrics
 from temalign.record.result import MICROSCOPE_UNREACHABLE, CycleResult
+from temalign.record.stacks import StackStore
 from temalign.record.state import RunState, StateStore
 from temalign.service import notify, recovery, verbs
 from temalign.service.calibrate import DEFAULT_STEP_UNITS
@@ -89,9 +90,15 @@ class Daemon:
         self.calibration_note: str | None = None
         self.use_calibration(calibration)
         self.memory = C1Memory(state_dir)
+        kept = settings.store
+        self.stacks = (StackStore(settings.store_dir, max_bytes=kept.max_bytes,
+                                  min_free_bytes=kept.min_free_bytes, wall=wall) if kept.enabled else None)
+        """The stack store (record.stacks; None when `store.enabled` is false)."""
+        if self.stacks is not None:
+            self.metrics.watch_stack_store(self.stacks.status)
         self.parts = Parts(microscope=microscope, source=source, estimator=self.estimator, settings=settings,
                            clock=self.clock, memory=self.memory, journal=self.journal, state=self.store,
-                           session_start=None, wall=wall)
+                           session_start=None, wall=wall, stacks=self.stacks)
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._scheduler: BackgroundScheduler | None = None

@@ -61,6 +61,7 @@ def describe_status(s: JsonObject) -> str:
     lines.append(_next_cycle(s))
     lines.append(_model(s))
     lines.append(_reference(s))
+    lines.append(_stack_store(s.get("stack_store")))
     lim = s.get("limits") or {}
     lines.append(f"limits: window ±{lim.get('window_units'):g}, "
                  f"excursion {lim.get('max_excursion_units'):g}, "
@@ -72,6 +73,17 @@ def describe_status(s: JsonObject) -> str:
         lines.extend(f"  {when(c.get('time')) or '?'}  {cycle_summary(c)}"
                      for c in cycles[:LAST_CYCLES_SHOWN])
     return "\n".join(lines)
+
+
+def _stack_store(store: object) -> str:
+    """`stack store: 120 stacks, 0.81 of 2.00 GB` or `...; stopped: low disk space ...`."""
+    if not isinstance(store, Mapping) or not store.get("enabled"):
+        return "stack store: off (store.enabled: false)"
+    size, limit = store.get("bytes"), store.get("max_bytes")
+    figures = (f"{store.get('stacks')} stacks, {size / 1e9:.2f} of {limit / 1e9:.2f} GB in {store.get('dir')}"
+               if isinstance(size, int) and isinstance(limit, int) else "?")
+    stopped = store.get("stopped")
+    return f"stack store: {figures}" + (f"; stopped: {stopped}" if stopped else "")
 
 
 def _misalignment(s: Mapping[str, object]) -> str:

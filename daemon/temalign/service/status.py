@@ -64,6 +64,8 @@ def status(daemon: Daemon) -> JsonObject:
         "next_look": next_look,
         "moved_last_hour_units": round(parts.ledger.moved_since(daemon.clock.now()), 1),
         "failures_in_a_row": parts.failure_count.count,
+        "stack_store": ({"enabled": False} if daemon.stacks is None
+                        else {"enabled": True, **daemon.stacks.status()}),
         "misalignment": estimate,
         "last_cycles": [public_cycle(c) for c in daemon.last],
     }

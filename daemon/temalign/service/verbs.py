@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING, NamedTuple
 import structlog
 
 from temalign.act.correct import read_position
-from temalign.decide.column import is_paused
+from temalign.decide.column import aperture_moved, c1_changed, is_paused
 from temalign.errors import TemalignError
 from temalign.estimate.calibration import save_calibration
 from temalign.protocol.errors import ProtocolError
 from temalign.record.journal import Journal
-from temalign.record.state import StateChanges
+from temalign.record.state import RunState, StateChanges
 from temalign.service import status as status_report
 from temalign.service.calibrate import DEFAULT_STEP_UNITS, STEP_RANGE
 from temalign.service.calibrate import calibrate as measure_calibration
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("temalign")
 Reply = JsonObject
+Pair = tuple[int, int]
 
 
 class Said(NamedTuple):
@@ -128,9 +129,22 @@ def resume(daemon: Daemon, args: JsonObject, caller: Caller) -> Said:
         changes["last_position"] = where
     if c1 is not None:
         changes["last_c1"] = c1
+    _hands_while_paused(daemon, st, where, c1)
     daemon.store.update(**changes)
     log.info("resume", by=caller.who, was=st.pause_reason)
     return Said("resumed: the aperture and C1 are taken as they are now" + in_hold)
+
+
+def _hands_while_paused(daemon: Daemon, st: RunState, where: Pair | None, c1: float | None) -> None:
+    """A column a person changed while paused is journaled as a cycle would have seen it
+    (hands.aperture, hands.c1), though the resume accepts it: what was true of the column before,
+    a person's reference among it, may no longer be (record.stack_labels)."""
+    safety = daemon.settings.safety
+    moved = where is not None and aperture_moved(where, st.last_position, safety.motor_tolerance_units)
+    if moved:
+        daemon.journal.append("hands.aperture", position=where, expected=st.last_position, via="resume")
+    if c1 is not None and c1_changed(c1, st.last_c1, safety.c1_tolerance) is not None:
+        daemon.journal.append("hands.c1", c1=c1, expected=st.last_c1, via="resume")
 
 
 MODES = {True: "on: measures and reports, never moves", False: "off: live, corrects the aperture"}
