@@ -8,6 +8,9 @@
     act                        move, read back, verify, keep or roll back (act.correct)
     record                     the journal (before and after every action), the run state, the
                                CycleResult (record.result)
+    shadow                     a candidate model in shadow reads every full wobble beside the live
+                               one and is scored on each verified outcome (service.shadow); it
+                               never reaches a decision
 
 Every safety rule is a pure function in decide/ (docs/safety.md lists them); this module only
 sequences them and records what they said. Errors become outcomes: a cycle never raises for what
@@ -46,8 +49,10 @@ from temalign.frames import WobbleStack
 from temalign.microscope import Microscope
 from temalign.protocol.errors import ProtocolError
 from temalign.record.journal import Journal, JournalError
+from temalign.record.label import verified_label
 from temalign.record.result import MICROSCOPE_UNREACHABLE, CycleResult
 from temalign.record.state import RunState, StateChanges, StateStore, StateWriteError
+from temalign.service.shadow import Shadow, ShadowReading
 from temalign.values import rounded_pair
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.errors import (
@@ -115,6 +120,8 @@ class Parts:
     column with an edge in the beam the check read 15 to 20 units where the wobble read 4 to 6."""
     wall: Callable[[], float] = time.time
     """Wall-clock epoch seconds, for pause deadlines (a person's time, not the twin's)."""
+    shadow: Shadow | None = None
+    """The candidate model in shadow (service.lifecycle), or None."""
 
     def __post_init__(self) -> None:
         if self.failures is None:
@@ -153,6 +160,8 @@ class _Cycle:
         self.state: RunState = parts.state.load(self.s.schedule.mode)
         self.live = self.state.mode == "live" and self.state.hold is None
         self.fields: CycleFields = {}
+        self.shadowed: list[tuple[Measurement, ShadowReading]] = []
+        """What the candidate in shadow said of each stack this cycle measured."""
 
     def result(self, outcome: str, reason: str, detail: str) -> CycleResult:
         mode = "hold" if self.state.hold else self.state.mode
@@ -353,6 +362,8 @@ class _Cycle:
         self.p.journal.outcome(op, "wobble", ok=True, c1=stack.c1_before, trusted=m.trusted, reason=m.reason,
                                delta=rounded_pair(m.delta), model=rounded_pair(m.model_delta),
                                classical=rounded_pair(m.classical.delta) if m.classical else None)
+        if self.p.shadow is not None:
+            self.shadowed.append((m, self.p.shadow.read(self.p.estimator, stack, m, label)))
         return m
 
     def _learn_check_bias(self, stack: WobbleStack, m: Measurement) -> None:
@@ -409,11 +420,24 @@ class _Cycle:
             return self.result("skipped", acted.reason, acted.detail)
         assert acted.outcome == CORRECTED
         self.p.failure_count.success()
+        self.teach_shadow(before, acted)
         if self.state.reference is None and acted.position_after is not None:
             first = "first verified correction"
             self.state = self.p.state.update(reference=acted.position_after, reference_set_by=first)
             self.p.journal.append("reference", position=acted.position_after, set_by=first)
         return self.result(CORRECTED, decision.reason, f"{decision.detail}; {acted.detail}")
+
+    def teach_shadow(self, before: Measurement, acted: Acted) -> None:
+        """A correction kept after a trusted verification says what was right on the stack it was
+        decided on (record.label.verified_label): the candidate in shadow and the live model are
+        scored on it. A verification that was not trusted teaches nothing."""
+        shadow, after = self.p.shadow, acted.after
+        if shadow is None or acted.applied is None or after is None:
+            return
+        if not after.trusted or after.delta is None:
+            return
+        reading = next((said for m, said in self.shadowed if m is before), None)
+        shadow.verified(before, reading, verified_label(acted.applied, after.delta))
 
     # ---- state ----------------------------------------------------------------------------------
 
