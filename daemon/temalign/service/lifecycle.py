@@ -202,12 +202,10 @@ class ModelLifecycle:
         if live is None:
             return {"source": CONFIG, "fingerprint": model.fingerprint, "path": str(model.path),
                     "why": "the config's estimator.model (no promoted model)"}
-        note = ("" if Path(settings.estimator.model) == Path(live.source) else
-                f"; it overrides estimator.model {settings.estimator.model} until `temalign model rollback` "
-                "or `temalign model reset`")
         return {"source": PROMOTED, "fingerprint": live.fingerprint, "path": str(self.store.file(live)),
                 "copied_from": live.source, "since": live.since,
-                "why": f"promoted{' ' + live.since if live.since else ''}{note}"}
+                "why": f"promoted {live.since}; it overrides estimator.model {settings.estimator.model} "
+                       "until `temalign model rollback` or `temalign model reset`"}
 
     def status(self, parts: Parts) -> JsonObject:
         """Everything `temalign model status` shows."""
