@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "temalign.config.cli",
     "temalign.wobble.cli",
     "temalign.service.cli",
+    "temalign.service.model_cli",
 )
 """Modules with `register(subparsers)`; each sets `handler(args) -> int` on its parser."""
 PLUGIN_GROUP = "temalign.commands"

@@ -56,12 +56,18 @@ def check(args: argparse.Namespace) -> int:
     """Load and validate, open the model as the daemon will; print a short summary of what the
     daemon would do with it."""
     from temalign.estimate.model_estimator import open_model
+    from temalign.record.model_store import ModelStore
 
     path, settings = _load(args)
     model = open_model(settings, FRAMES_OF_SOURCE[settings.source.kind])
+    promoted = ModelStore(settings.paths.state_dir).load().live
     print(f"{path}: OK")
     for label, text in summary(settings, model.card):
         print(f"  {label:<11} {text}")
+    if promoted is not None:
+        print(f"  {'promoted':<11} {promoted.name} ({promoted.fingerprint}, in {settings.paths.state_dir}"
+              "/models) is live instead of estimator.model until `temalign model rollback` or `temalign "
+              "model reset`")
     return 0
 
 

@@ -472,6 +472,13 @@ SHALLOW_SYSTEM_DIRS = ("/", "/var", "/var/lib", "/var/log", "/var/run")
 """System directories whose subdirectories may be a daemon's own (/var/lib/temalign)."""
 
 
+class ModelsSettings(Section):
+    """Shadow runs and promotion (`temalign model shadow|promote|rollback`, docs/learning.md)."""
+
+    promote_min_verified: Annotated[int, Field(ge=1, le=100000)] = 20
+    """Verified cycles a candidate must have been scored on in shadow before it may be promoted."""
+
+
 class JournalSettings(Section):
     """The write-ahead journal in paths.state_dir: rotation and retention."""
 
@@ -517,6 +524,7 @@ class Settings(Section):
     control: ControlSettings = Field(default_factory=ControlSettings)
     journal: JournalSettings = Field(default_factory=JournalSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    models: ModelsSettings = Field(default_factory=ModelsSettings)
 
     @property
     def store_dir(self) -> Path:

@@ -102,35 +102,39 @@ class CombinedEstimator:
         """A twin-trained model speaks the twin's geometry and is re-mapped through the column's
         calibration; a model trained on a column's own data already speaks that column's."""
 
-    def in_column_units(self, model_delta: Vector, calibration: Calibration) -> Vector:
-        """The model's output as this column's delta: through the model matrix the calibration
-        measured for this very model, else (a twin-trained model) re-mapped through M, else as
-        it is (a model trained on this column's own data)."""
-        if calibration.model_matrix is not None and calibration.model_fingerprint == self.model.fingerprint:
-            a = np.array(calibration.model_matrix)
-        else:
-            a = self.model.output_geometry(calibration.array)
+    def in_column_units(self, model_delta: Vector, calibration: Calibration,
+                        model: ModelEstimator | None = None) -> Vector:
+        """`model`'s output (the live model's by default) as this column's delta: through the model
+        matrix the calibration measured for this very model file, else (a twin-trained model)
+        re-mapped through M, else as it is (a model trained on this column's own data)."""
+        model = self.model if model is None else model
+        own = self.model_matrix(calibration, model)
+        a = np.array(own) if own is not None else model.output_geometry(calibration.array)
         out = a @ np.asarray(model_delta, dtype=float)
         return float(out[0]), float(out[1])
 
-    def model_matrix(self, calibration: Calibration) -> Matrix | None:
-        """The M a spot model's walk goes through: its own, measured on the calibration's wobbles for
-        this very model file, else the classical one (None)."""
-        if calibration.model_matrix is not None and calibration.model_fingerprint == self.model.fingerprint:
+    def model_matrix(self, calibration: Calibration, model: ModelEstimator | None = None) -> Matrix | None:
+        """The model matrix `temalign calibrate` measured for `model` (the live model by default),
+        when it measured one for this very file; None otherwise: a spot model's walk then goes
+        through the classical M, a delta model's output through the remap."""
+        model = self.model if model is None else model
+        if calibration.model_matrix is not None and calibration.model_fingerprint == model.fingerprint:
             return calibration.model_matrix
         return None
 
-    def read(self, stack: WobbleStack) -> ModelReading:
-        """The model's delta for one stack (never raises: an error is a reason instead)."""
+    def read(self, stack: WobbleStack, model: ModelEstimator | None = None) -> ModelReading:
+        """`model`'s delta for one stack (the live model's by default; a candidate in shadow is read
+        the same way, service.shadow); never raises: an error is a reason instead."""
+        model = self.model if model is None else model
         try:
-            if not self.model.reads_spots:
-                estimate = self.model.predict(stack.images)
+            if not model.reads_spots:
+                estimate = model.predict(stack.images)
                 delta: Vector = estimate.delta
                 if self.calibration is not None and finite(*delta):
-                    delta = self.in_column_units(delta, self.calibration)
+                    delta = self.in_column_units(delta, self.calibration, model)
                 return ModelReading(delta, preprocess_ms=estimate.preprocess_ms,
                                     inference_ms=estimate.inference_ms)
-            reading = self.model.read_spots(stack.images)
+            reading = model.read_spots(stack.images)
         except (ValueError, ModelError) as error:
             return ModelReading(None, str(error))
         times = (reading.preprocess_ms, reading.inference_ms)
@@ -139,7 +143,8 @@ class CombinedEstimator:
             return ModelReading(None, walked.reason, walked, None, *times)
         calibration = self.calibration or nominal_calibration(1.0, stack.wobble_fraction, c1=stack.c1_before)
         try:
-            out = calibration.correction(walked.walk.slope, stack.c1_before, self.model_matrix(calibration))
+            out = calibration.correction(walked.walk.slope, stack.c1_before,
+                                         self.model_matrix(calibration, model))
         except (ValueError, np.linalg.LinAlgError) as error:
             return ModelReading(None, f"the model's walk cannot be mapped: {error}", walked, None, *times)
         delta = (float(out[0]), float(out[1]))

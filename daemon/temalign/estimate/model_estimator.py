@@ -64,6 +64,12 @@ class ModelEstimate:
     inference_ms: float
 
 
+def file_fingerprint(path: Path) -> str:
+    """A model file's SHA-256 (hex, first 16): what names one model file (ModelEstimator.fingerprint,
+    the model store of service.lifecycle)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
 class ModelEstimator:
     """Predicts delta from one wobble stack `(7, H, W)` with LiteRT on `num_threads` threads."""
 
@@ -102,7 +108,7 @@ class ModelEstimator:
         """The model file's SHA-256 (hex, first 16): what a calibration of this model's output is
         tied to (another file, even of the same name, needs its own)."""
         if not hasattr(self, "_fingerprint"):
-            self._fingerprint = hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+            self._fingerprint = file_fingerprint(self.path)
         return self._fingerprint
 
     @property
@@ -200,13 +206,14 @@ def check_compatible(card: JsonObject, *, wobble_fraction: float, frames: str) -
                          f"gives {frames!r} frames: use a model for {frames!r} (or 'any') frames")
 
 
-def open_model(settings: Settings, frames: str) -> ModelEstimator:
-    """The configured model (`estimator.model`, on `estimator.threads` threads), loaded and checked
-    against the configured wobble and the kind of `frames` the source gives ("raw" from the camera,
-    "display" from the screen): the one way `temalign config check` and the daemon open it. Raises
-    ModelError (exit status 2) naming the file when the model or its card is missing, invalid or
-    made for another wobble or source."""
-    model = ModelEstimator(settings.estimator.model, settings.estimator.threads)
+def open_model(settings: Settings, frames: str, path: Path | None = None) -> ModelEstimator:
+    """A model the daemon is to run (the configured `estimator.model`, or `path`: a candidate for
+    the shadow, a promoted model), on `estimator.threads` threads, loaded and checked against the
+    configured wobble and the kind of `frames` the source gives ("raw" from the camera, "display"
+    from the screen): the one way `temalign config check`, the daemon and `temalign model shadow`
+    open one. Raises ModelError (exit status 2) naming the file when the model or its card is
+    missing, invalid or made for another wobble or source."""
+    model = ModelEstimator(settings.estimator.model if path is None else path, settings.estimator.threads)
     try:
         check_compatible(model.card, wobble_fraction=settings.wobble.fraction, frames=frames)
     except ModelError as error:

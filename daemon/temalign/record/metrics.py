@@ -37,6 +37,7 @@ from prometheus_client import (
 )
 
 from temalign import __version__
+from temalign.decide.promotion import Evidence
 from temalign.errors import TemalignError
 from temalign.listeners import BoundedThreads, Serving
 from temalign.record.result import MICROSCOPE_UNREACHABLE, OUTCOMES, CycleResult
@@ -46,6 +47,9 @@ STATES = ("running", "paused", "hold", "dry_run", "starting", "stopping")
 """The values of the `temalign_state` enum."""
 
 ESTIMATORS = ("model", "classical")
+SWAPS = ("promote", "rollback", "reset")
+"""The kinds of `temalign_model_swaps_total` (service.lifecycle)."""
+SHADOW_MODELS = ("live", "candidate")
 LIMITS = ("max_step", "rate_limit", "window", "max_excursion", "hardware")
 AXES = ("x", "y")
 
@@ -195,6 +199,27 @@ class Metrics:
             "1 while the stack store does not store (low disk space, an unwritable directory), else 0",
             namespace=NAMESPACE, registry=r)
 
+        self.shadow_verified = Gauge(
+            "shadow_verified_cycles",
+            "Verified cycles the candidate in shadow has been scored on (NaN: no candidate in shadow)",
+            namespace=NAMESPACE, registry=r)
+        self.shadow_rms = Gauge(
+            "shadow_rms_error_units",
+            "RMS error against the verified outcomes in shadow, by model (the live one, the candidate), "
+            "motor units",
+            ["model"], namespace=NAMESPACE, registry=r)
+        self.shadow_failures = Counter(
+            "shadow_failures",
+            "Stacks the candidate in shadow failed on, or shadow records that failed, since start",
+            namespace=NAMESPACE, registry=r)
+        self.model_swaps = Counter(
+            "model_swaps",
+            "Swaps of the live model since start, by kind (promote, rollback, reset)",
+            ["kind"], namespace=NAMESPACE, registry=r)
+
+        for kind in SWAPS:
+            self.model_swaps.labels(kind=kind)
+        self.set_shadow(None)
         for outcome in OUTCOMES:
             self.cycles.labels(outcome=outcome)
         for limit in LIMITS:
@@ -367,6 +392,23 @@ class Metrics:
         self.model_info.info(labels)
         self._build["model"] = str(identity.get("file", identity.get("name", "")))
         self.build_info.info(self._build)
+
+    def set_shadow(self, evidence: Evidence | None) -> None:
+        """The shadow's evidence so far (None: no candidate in shadow, every figure NaN)."""
+        self.shadow_verified.set(math.nan if evidence is None else evidence.verified)
+        for name in SHADOW_MODELS:
+            score = None if evidence is None else getattr(evidence, name)
+            self.shadow_rms.labels(model=name).set(_gauge_value(None if score is None else score.rms))
+
+    def shadow_failed(self) -> None:
+        """The candidate failed on a stack, or a shadow record failed."""
+        self.shadow_failures.inc()
+
+    def model_swapped(self, kind: str) -> None:
+        """The live model was swapped (`kind`: one of SWAPS)."""
+        if kind not in SWAPS:
+            raise ValueError(f"unknown swap {kind!r}; expected one of {', '.join(SWAPS)}")
+        self.model_swaps.labels(kind=kind).inc()
 
     def set_connection(self, up: bool) -> None:
         """Whether the microscope answers (`temalign_microscope_up`)."""

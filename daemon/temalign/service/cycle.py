@@ -9,6 +9,9 @@
     record                     the journal (before and after every action), the run state, the
                                CycleResult (record.result); every full wobble in the stack store
                                (record.stacks), labelled once the cycle has ended
+    shadow                     a candidate model in shadow reads every full wobble beside the live
+                               one and is scored on each verified outcome (service.shadow); it
+                               never reaches a decision
 
 Every safety rule is a pure function in decide/ (docs/safety.md lists them); this module only
 sequences them and records what they said. Errors become outcomes: a cycle never raises for what
@@ -47,10 +50,12 @@ from temalign.frames import WobbleStack
 from temalign.microscope import Microscope
 from temalign.protocol.errors import ProtocolError
 from temalign.record.journal import Journal, JournalError
+from temalign.record.label import verified_label
 from temalign.record.result import MICROSCOPE_UNREACHABLE, CycleResult
 from temalign.record.stack_labels import REFERENCE_SCAN_ENTRIES, KeptStack, cycle_labels, stack_meta
 from temalign.record.stacks import StackStore
 from temalign.record.state import FIRST_CORRECTION, RunState, StateChanges, StateStore, StateWriteError
+from temalign.service.shadow import Shadow, ShadowReading
 from temalign.values import rounded_pair
 from temalign.wobble.c1_memory import C1Memory
 from temalign.wobble.errors import (
@@ -120,6 +125,8 @@ class Parts:
     """Wall-clock epoch seconds, for pause deadlines (a person's time, not the twin's)."""
     stacks: StackStore | None = None
     """Where every full wobble is kept (record.stacks); None keeps none. Never fatal to a cycle."""
+    shadow: Shadow | None = None
+    """The candidate model in shadow (service.lifecycle), or None."""
 
     def __post_init__(self) -> None:
         if self.failures is None:
@@ -162,6 +169,8 @@ class _Cycle:
         self.at: Pair | None = None
         """Where the aperture is for the next wobble: read at the start, then each move's read-back."""
         self.kept: list[KeptStack] = []
+        self.shadowed: list[tuple[Measurement, ShadowReading]] = []
+        """What the candidate in shadow said of each stack this cycle measured."""
 
     def result(self, outcome: str, reason: str, detail: str) -> CycleResult:
         mode = "hold" if self.state.hold else self.state.mode
@@ -364,6 +373,8 @@ class _Cycle:
         self.p.journal.outcome(op, "wobble", ok=True, c1=stack.c1_before, trusted=m.trusted, reason=m.reason,
                                delta=rounded_pair(m.delta), model=rounded_pair(m.model_delta),
                                classical=rounded_pair(m.classical.delta) if m.classical else None)
+        if self.p.shadow is not None:
+            self.shadowed.append((m, self.p.shadow.read(self.p.estimator, stack, m, label)))
         return m
 
     def _keep(self, label: str, stack: WobbleStack, m: Measurement) -> None:
@@ -453,11 +464,24 @@ class _Cycle:
             return self.result("skipped", acted.reason, acted.detail)
         assert acted.outcome == CORRECTED
         self.p.failure_count.success()
+        self.teach_shadow(before, acted)
         if self.state.reference is None and acted.position_after is not None:
             self.state = self.p.state.update(reference=acted.position_after,
                                              reference_set_by=FIRST_CORRECTION)
             self.p.journal.append("reference", position=acted.position_after, set_by=FIRST_CORRECTION)
         return self.result(CORRECTED, decision.reason, f"{decision.detail}; {acted.detail}")
+
+    def teach_shadow(self, before: Measurement, acted: Acted) -> None:
+        """A correction kept after a trusted verification says what was right on the stack it was
+        decided on (record.label.verified_label): the candidate in shadow and the live model are
+        scored on it. A verification that was not trusted teaches nothing."""
+        shadow, after = self.p.shadow, acted.after
+        if shadow is None or acted.applied is None or after is None:
+            return
+        if not after.trusted or after.delta is None:
+            return
+        reading = next((said for m, said in self.shadowed if m is before), None)
+        shadow.verified(before, reading, verified_label(acted.applied, after.delta))
 
     # ---- state ----------------------------------------------------------------------------------
 

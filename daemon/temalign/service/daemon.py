@@ -29,7 +29,6 @@ from temalign.decide.column import Asked, is_paused
 from temalign.errors import ConfigError, TemalignError
 from temalign.estimate.calibration import Calibration, load_calibration
 from temalign.estimate.combined import CombinedEstimator
-from temalign.estimate.model_estimator import open_model
 from temalign.microscope import Microscope
 from temalign.protocol.errors import ProtocolError
 from temalign.record.logs import cycle_line
@@ -42,6 +41,7 @@ from temalign.service.calibrate import DEFAULT_STEP_UNITS
 from temalign.service.control import Caller, ControlServer
 from temalign.service.cycle import Parts, can_check, run_cycle
 from temalign.service.http_control import HttpControlServer
+from temalign.service.lifecycle import ModelLifecycle
 from temalign.service.progress import ObservedJournal, progress_observer
 from temalign.service.schedule import PlanState, observe, plan_next
 from temalign.timetext import iso_time
@@ -78,7 +78,8 @@ class Daemon:
             self.store = StateStore(state_dir)
             self.store.load(settings.schedule.mode)
             source = source or source_from_settings(settings.source, microscope, self.clock)
-            model = open_model(settings, source.kind)
+            self.models = ModelLifecycle(settings, source.kind, self.metrics)
+            model = self.models.open_live(settings)
             calibration = load_calibration(state_dir)
         except (ValueError, TemalignError) as error:
             self.journal.close()
@@ -99,6 +100,8 @@ class Daemon:
         self.parts = Parts(microscope=microscope, source=source, estimator=self.estimator, settings=settings,
                            clock=self.clock, memory=self.memory, journal=self.journal, state=self.store,
                            session_start=None, wall=wall, stacks=self.stacks)
+        self.shadow_note = self.models.resume_shadow(self.parts)
+        """Why the candidate in shadow before the restart is no longer (None: it is, or there was none)."""
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._scheduler: BackgroundScheduler | None = None
@@ -129,7 +132,11 @@ class Daemon:
     def start(self, *, serve_control: bool = True, serve_metrics: bool = True, schedule: bool = True) -> None:
         """Recover, then start the metrics endpoint, the control socket and the scheduler."""
         s = self.settings
-        self.journal.append("start", mode=s.schedule.mode, model=str(s.estimator.model),
+        model, shadow = self.estimator.model, self.parts.shadow
+        self.journal.append("start", mode=s.schedule.mode, model=str(model.path),
+                            model_fingerprint=model.fingerprint,
+                            model_source=self.models.live_source(s, model)["source"],
+                            shadow=None if shadow is None else shadow.stored.fingerprint,
                             calibrated=self.estimator.calibration is not None)
         self.started_at, self._started_monotonic = self.wall(), time.monotonic()
         try:
@@ -141,6 +148,8 @@ class Daemon:
             self.microscope_up = False
             log.warning("microscope unreachable at start", error=str(error))
         self.recover()
+        if self.shadow_note is not None:
+            log.warning("shadow", note=self.shadow_note)
         recovery.rebuild_ledger(self.journal, self.parts.ledger, self.clock, self.wall())
         self.metrics.set_model(self.estimator.model.identity)
         self.metrics.set_calibrated(self.estimator.calibration is not None)
@@ -169,7 +178,7 @@ class Daemon:
         log.info("start", version=__version__, pid=os.getpid(),
                  config=None if self.config_path is None else str(self.config_path),
                  microscope=s.microscope.address, mode=self.run_state().mode, state=self.state_name(),
-                 model=str(s.estimator.model), calibrated=self.estimator.calibration is not None,
+                 model=str(self.estimator.model.path), calibrated=self.estimator.calibration is not None,
                  metrics=metrics, control=str(s.control.socket) if self._control is not None else "off",
                  http_control=self.http_url or "off")
 
@@ -323,11 +332,11 @@ class Daemon:
     # ---- running and stopping ---------------------------------------------------------------------
 
     def reload(self, new: Settings) -> list[str]:
-        """SIGHUP: take the new limits, thresholds, schedule and logging at once; sections that need
-        new connections or files (microscope, source, paths, control, metrics, journal, the model)
-        are kept until a restart, and the returned sentences say which."""
+        """SIGHUP: take the new limits, thresholds, schedule, logging and promotion rule at once;
+        sections that need new connections or files (microscope, source, paths, control, metrics,
+        journal, the model) are kept until a restart, and the returned sentences say which."""
         old = self.settings
-        live = ("wobble", "quality", "safety", "schedule", "logging")
+        live = ("wobble", "quality", "safety", "schedule", "logging", "models")
         kept = [name for name in type(old).model_fields if name not in live
                 and getattr(old, name) != getattr(new, name)]
         changes = {name: getattr(new, name) for name in live}
@@ -354,7 +363,8 @@ class Daemon:
             wall = self.clock.wall_seconds
             self._scheduler.reschedule_job("cycle", trigger=IntervalTrigger(
                 seconds=wall(merged.schedule.interval_s), jitter=wall(merged.schedule.jitter_s) or None))
-        notes = ["reloaded: wobble, quality, safety, schedule, logging and the estimator's thresholds"]
+        notes = ["reloaded: wobble, quality, safety, schedule, logging, models and the estimator's "
+                 "thresholds"]
         if kept:
             notes.append("kept until a restart: " + ", ".join(sorted(kept)))
         if unfit is not None:

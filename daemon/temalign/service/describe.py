@@ -135,8 +135,10 @@ def _model(s: Mapping[str, object]) -> str:
     model = s.get("model") if isinstance(s.get("model"), Mapping) else {}
     assert isinstance(model, Mapping)
     trained = f", trained {model['trained']}" if model.get("trained") else ""
-    line = (f"model: {model.get('file')} ({model.get('preprocess')}{trained}), "
-            f"estimator.use {s.get('estimator_use')}")
+    promoted = f", {model['why']}" if model.get("source") == "promoted" else ""
+    shadow = f"; {model['shadow']} in shadow" if model.get("shadow") else ""
+    line = (f"model: {model.get('file')} ({model.get('preprocess')}{trained}{promoted}), "
+            f"estimator.use {s.get('estimator_use')}{shadow}")
     return line + ("; calibrated" if s.get("calibrated") and not s.get("calibration_note")
                    else f"; {s.get('calibration_note') or 'not calibrated'}")
 

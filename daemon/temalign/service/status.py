@@ -56,7 +56,9 @@ def status(daemon: Daemon) -> JsonObject:
         "calibration_note": daemon.calibration_note,
         "measures_only": (daemon.estimator.calibration is None
                           and s.estimator.without_calibration == "dry-run"),
-        "model": daemon.estimator.model.identity,
+        "model": {**daemon.estimator.model.identity,
+                  **daemon.models.live_source(s, daemon.estimator.model),
+                  "shadow": None if parts.shadow is None else parts.shadow.stored.name},
         "estimator_use": s.estimator.use,
         "limits": s.safety.model_dump(mode="json"),
         "interval_s": s.schedule.interval_s,

@@ -1,5 +1,5 @@
 """The control verbs (docs/safety.md invariant 5: a person is always in charge): what `temalign
-status|pause|resume|once|dry-run|hold clear|calibrate|reference set` do to a running daemon, as a
+status|pause|resume|once|dry-run|hold clear|calibrate|reference set|model ...` do to a running daemon, as a
 dispatch table, whether they come over the control socket or the HTTP endpoint (one way to do
 each thing). Each request is audited in the journal with its caller before it runs.
 
@@ -233,6 +233,53 @@ def _remember_position(daemon: Daemon) -> None:
         daemon.store.update(last_position=where)
 
 
+def _models(daemon: Daemon, text: str | None, unchanged: str) -> Reply:
+    """A model verb's reply: what it did (or `unchanged`, when it had nothing to do) beside
+    `temalign model status`."""
+    changed = text is not None
+    if changed:
+        log.info("model", said=text)
+    return {"message": text if text is not None else unchanged, "changed": changed,
+            **daemon.models.status(daemon.parts)}
+
+
+def model_status(daemon: Daemon, args: JsonObject, caller: Caller) -> Reply:
+    """`temalign model status`: the live model and why, the candidate and its evidence, the previous."""
+    return daemon.models.status(daemon.parts)
+
+
+def model_shadow(daemon: Daemon, args: JsonObject, caller: Caller) -> Reply:
+    """`temalign model shadow PATH`: a candidate read beside the live model on every stack."""
+    with daemon.lock:
+        text = daemon.models.start_shadow(daemon.parts, args.get("path"), daemon.wall())
+    return _models(daemon, text, "that candidate is in shadow already: kept")
+
+
+def model_shadow_stop(daemon: Daemon, args: JsonObject, caller: Caller) -> Reply:
+    with daemon.lock:
+        text = daemon.models.stop_shadow(daemon.parts)
+    return _models(daemon, text, "no candidate in shadow: nothing to stop")
+
+
+def model_promote(daemon: Daemon, args: JsonObject, caller: Caller) -> Reply:
+    """`temalign model promote`: refused unless the shadow's evidence allows (decide.promotion)."""
+    with daemon.lock:
+        text = daemon.models.promote(daemon.parts, daemon.wall(), caller.who)
+    return _models(daemon, text, "")
+
+
+def model_rollback(daemon: Daemon, args: JsonObject, caller: Caller) -> Reply:
+    with daemon.lock:
+        text = daemon.models.rollback(daemon.parts, daemon.wall(), caller.who)
+    return _models(daemon, text, "")
+
+
+def model_reset(daemon: Daemon, args: JsonObject, caller: Caller) -> Reply:
+    with daemon.lock:
+        text = daemon.models.reset(daemon.parts, daemon.wall(), caller.who)
+    return _models(daemon, text, "the config's estimator.model is live already: nothing to reset")
+
+
 VERBS: dict[str, Verb] = {
     "status": status,
     "pause": pause,
@@ -242,4 +289,10 @@ VERBS: dict[str, Verb] = {
     "once": once,
     "calibrate": calibrate,
     "reference-set": reference_set,
+    "model-status": model_status,
+    "model-shadow": model_shadow,
+    "model-shadow-stop": model_shadow_stop,
+    "model-promote": model_promote,
+    "model-rollback": model_rollback,
+    "model-reset": model_reset,
 }
