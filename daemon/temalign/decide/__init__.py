@@ -17,4 +17,5 @@ code (snake_case). The rest of the service measures and acts; these decide.
     verify.motor_fault         a motor that did not reach its target
     verify.is_worse            worse after a move: roll back
     verify.FailureCounter      failures in a row toward hold
+    model_gate.model_gate      a model without an evaluation, or evaluated over the RMSE limit
 """

@@ -29,7 +29,7 @@ from temalign.decide.column import Asked, is_paused
 from temalign.errors import ConfigError, TemalignError
 from temalign.estimate.calibration import Calibration, load_calibration
 from temalign.estimate.combined import CombinedEstimator
-from temalign.estimate.model_estimator import open_model
+from temalign.estimate.model_estimator import ModelError, check_configured_card, open_model
 from temalign.microscope import Microscope
 from temalign.protocol.errors import ProtocolError
 from temalign.record.logs import cycle_line
@@ -318,8 +318,15 @@ class Daemon:
     def reload(self, new: Settings) -> list[str]:
         """SIGHUP: take the new limits, thresholds, schedule and logging at once; sections that need
         new connections or files (microscope, source, paths, control, metrics, journal, the model)
-        are kept until a restart, and the returned sentences say which."""
+        are kept until a restart, and the returned sentences say which. A file whose model the
+        model gate refuses (its card not evaluated, or over `estimator.max_model_rmse_percent`) is
+        refused as a whole, ConfigError: the running config and model stay, as they would not
+        survive the restart that file asks for."""
         old = self.settings
+        try:
+            check_configured_card(new)
+        except ModelError as error:
+            raise ConfigError(f"{error}; the running model {old.estimator.model} and config stay") from None
         live = ("wobble", "quality", "safety", "schedule", "logging")
         kept = [name for name in type(old).model_fields if name not in live
                 and getattr(old, name) != getattr(new, name)]
