@@ -118,11 +118,16 @@ def test_the_pooled_rmse_pools_every_stack_of_every_set() -> None:
     assert [s["rmse_percent"] for s in e["sets"]] == [pytest.approx(round((25 / 2) ** 0.5 / 10, 4)), 0.0]
 
 
-@pytest.mark.parametrize("name", ["spotnet", "wobble_physics"])
-def test_the_shipped_models_are_evaluated_on_every_set_and_pass_the_default_gate(name: str) -> None:
+@pytest.mark.parametrize(("name", "limit"), [
+    ("spotnet", None),  # the default model passes the default limit
+    ("wobble_physics", 1.1),  # the baseline is 1.02 % pooled: docs/models.md has a config select it with 1.1
+])
+def test_the_shipped_models_are_evaluated_on_every_set_and_pass_the_gate_as_documented(
+    name: str, limit: float | None
+) -> None:
     card = cards.read_card(shipped.model_path(name))
-    assert model_gate(card, Settings.model_validate({"microscope": {"address": "a:1"}})
-                      .estimator.max_model_rmse_percent) is None
+    default = Settings.model_validate({"microscope": {"address": "a:1"}}).estimator.max_model_rmse_percent
+    assert model_gate(card, limit or default) is None
     e = card["evaluation"]
     assert [s["name"] for s in e["sets"]] == all_sets()
     assert e["command"].startswith("tools/evaluate.py ") and e["answered"] > 0.9 * e["stacks"]

@@ -26,7 +26,7 @@ def _worst(evaluation: JsonObject) -> str:
     if not measured:
         return ""
     worst = max(measured, key=lambda s: s["rmse_percent"])
-    return f"; worst set {worst['name']}: {worst['rmse_percent']:.3g} % over {worst['answered']} stacks"
+    return f"; worst set {worst['name']}: {worst['rmse_percent']:.4g} % over {worst['answered']} stacks"
 
 
 def model_gate(card: JsonObject, limit_percent: float) -> str | None:
@@ -46,7 +46,7 @@ def model_gate(card: JsonObject, limit_percent: float) -> str | None:
         return (f"its evaluation has no stack the model answered ({evaluation['stacks']} stacks on "
                 f"{sets} sets)")
     if rmse > limit_percent:
-        return (f"its evaluated RMSE {rmse:.3g} % (pooled over {sets} sets, {evaluation['answered']} "
+        return (f"its evaluated RMSE {rmse:.4g} % (pooled over {sets} sets, {evaluation['answered']} "
                 f"stacks, {evaluation['date']}) is over the limit of {limit_percent:g} % ({LIMIT_KEY})"
                 f"{_worst(evaluation)}")
     return None
