@@ -318,10 +318,10 @@ class Daemon:
     def reload(self, new: Settings) -> list[str]:
         """SIGHUP: take the new limits, thresholds, schedule and logging at once; sections that need
         new connections or files (microscope, source, paths, control, metrics, journal, the model)
-        are kept until a restart, and the returned sentences say which. A file whose model the
-        model gate refuses (its card not evaluated, or over `estimator.max_model_rmse_percent`) is
-        refused as a whole, ConfigError: the running config and model stay, as they would not
-        survive the restart that file asks for."""
+        are kept until a restart, and the returned sentences say which. A file whose model's card
+        is missing or invalid, or which the model gate refuses (not evaluated, or over
+        `estimator.max_model_rmse_percent`), is refused as a whole, ConfigError: the running config
+        and model stay, as that file would not survive the restart it asks for."""
         old = self.settings
         try:
             check_configured_card(new)
