@@ -42,12 +42,15 @@ data/%.npz: | $(VENV)/.dev-installed
 # finds the spot in each frame, trained on 8000 widely randomised traced-twin stacks (rendering
 # about 20 min, training about 30 min on 2 cores), one column and one scene held out; float32
 # .tflite with its card, and the int8 variant beside the run for the cost study. Package data
-# (temalign.shipped): the wheel carries it, a config names it `spotnet`.
+# (temalign.shipped): the wheel carries it, a config names it `spotnet`. Then its evaluation through
+# the daemon's path on every traced column and scene, into its card (the daemon refuses a model
+# without one, or over estimator.max_model_rmse_percent): about 5 to 10 minutes on 2 cores.
 SPOTNET := daemon/temalign/models/spotnet.tflite
 model: | $(VENV)/.dev-installed
 	mkdir -p data
 	$(BIN)/python tools/train_spotnet.py --stacks 8000 --epochs 20 --seed 11 --out runs/spotnet \
 	  --cache data/spotnet-train-11.npz --tflite $(SPOTNET) --int8 runs/spotnet/spotnet.int8.tflite
+	$(BIN)/python tools/evaluate.py $(SPOTNET) --stacks 100 --jobs 1
 
 # The baseline kept selectable (`estimator.model: wobble_physics`): the twin's geometry as TFLite
 # ops, calibrated on the twin's N 10/13 (5 seeded runs, the best kept).
@@ -57,7 +60,8 @@ model-physics: data/n10.npz data/n13.npz | $(VENV)/.dev-installed
 	  --preprocess temalign.estimate.preprocess:physics_128 --label truth --scaling fixed \
 	  --loss huber --learning-rate 0.0003 --epochs 5 --runs 5 --seed 0 --out runs/shipped
 	$(BIN)/python tools/convert.py runs/shipped/best.keras --out $(SHIPPED) --latency-repeats 200 \
-	  --frames any
+	  --frames any --evaluate-stacks 0
+	$(BIN)/python tools/evaluate.py $(SHIPPED) --stacks 100 --jobs 1
 
 bench-model: datasets | $(VENV)/.dev-installed
 	$(BIN)/python tools/bench_shipped.py --model $(SHIPPED) --json docs/figures/bench-shipped.json \

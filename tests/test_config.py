@@ -493,9 +493,10 @@ def test_config_check_ok(tmp_path: Path, cli_main: Any, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert out.startswith(f"{path}: OK\n")
     assert "127.0.0.1:7801" in out and "camera" in out and "±3 %" in out and "settle 1.5 s" in out
-    # The model as opened: its file, and its card's preprocessing, wobble and frames.
+    # The model as opened: its file, and its card's preprocessing, wobble, frames and evaluation.
     assert f"model       {SHIPPED_MODEL} (card: preprocess temalign.estimate.preprocess:spots_128, " \
-           "wobbles 0.015 to 0.04, any frames)" in out
+           "wobbles 0.015 to 0.04, any frames, evaluated RMSE " in out
+    assert " % over 28 sets, limit 1 %)" in out
 
 
 def test_config_check_bad_exits_2(tmp_path: Path, cli_main: Any, capsys: pytest.CaptureFixture[str]) -> None:

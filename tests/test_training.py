@@ -128,6 +128,36 @@ def test_convert_litert_card_and_parity(trained: Path, data_files: tuple[Path, P
     np.testing.assert_allclose(np.asarray(delta), ref, atol=0.05)
 
 
+def test_convert_reports_parity_and_the_evaluation_against_the_gates_limit(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Parity is reported as parity; the accuracy the daemon judges is the evaluation through its
+    own path (one set, two stacks here), and the last word is the daemon's gate's."""
+    import convert
+
+    from temalign.decide.model_gate import model_gate
+
+    out = tmp_path / "tiny.tflite"
+    assert convert.main([str(trained / "best.keras"), "--out", str(out), "--latency-repeats", "2",
+                         "--evaluate-stacks", "2", "--evaluate-sets", "reference/vacuum"]) == 0
+    printed = capsys.readouterr().out
+    assert "parity: held-out RMSE" in printed and "keeps" not in printed and "accuracy" not in printed
+    assert "[1/1] reference/vacuum: RMSE" in printed
+    card = cards.read_card(out)
+    e = card["evaluation"]
+    assert [s["name"] for s in e["sets"]] == ["reference/vacuum"] and e["stacks"] == 2
+    assert e["command"].startswith("tools/convert.py ")
+    accepted = model_gate(card, 1.0) is None
+    verdict = f"evaluated RMSE {e['rmse_percent']:.3f} % (pooled over 1 sets), limit 1 %: the daemon will "
+    assert verdict + ("accept it" if accepted else "refuse it") in printed, printed
+    # without the evaluation it says so plainly, and the daemon's gate refuses the model
+    skipped = tmp_path / "skipped.tflite"
+    assert convert.main([str(trained / "best.keras"), "--out", str(skipped), "--latency-repeats", "2",
+                         "--evaluate-stacks", "0"]) == 0
+    assert "NOT evaluated (--evaluate-stacks 0): the daemon will refuse it" in capsys.readouterr().out
+    assert "no evaluation" in (model_gate(cards.read_card(skipped), 1.0) or "")
+
+
 def test_same_seed_same_training(data_files: tuple[Path, Path], tmp_path: Path) -> None:
     data = training.prepare([str(data_files[1])], "temalign.estimate.preprocess:standard_64", "labels")
     cfg = training.TrainConfig(data=[], out=str(tmp_path), epochs=2, batch_size=4, verbose=False)

@@ -10,6 +10,7 @@ session); `--stacks` stacks at misalignments uniform within `--radius` give the 
 units) of the shipped model re-mapped through that calibration and of the classical estimator,
 and how many stacks the agreement gate trusted; `--starts` cold starts from within `--radius`
 give the share brought to |m| <= 20 within 2 and within 8 cycles, with the refusals' reasons.
+The accuracy is measured as tools/evaluate.py measures a model's card (benchkit.evaluation).
 Writes columns.json (with every stack's truth and estimates) and columns.md (the table of
 docs/benchmarks.md); `--plot` also draws the model's and the classical estimator's deltas against
 the truth, a panel per column, coloured by scene."""
@@ -30,8 +31,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchkit.accuracy import column_accuracy
 from benchkit.coldstart import cold_start
+from benchkit.evaluation import set_accuracy
 from benchkit.harness import SHIPPED_MODEL
 
 from temalign_twin.cli import optics_overrides
@@ -43,7 +44,7 @@ def _cell(job: tuple[str, str, int, int, float, int, Path]) -> dict[str, Any]:
     column, scene, stacks, starts, radius, first_seed, model = job
     started = time.perf_counter()
     twin = optics_overrides("traced", column, scene)
-    accuracy = column_accuracy(first_seed, stacks, radius, twin, model=model)
+    accuracy = set_accuracy(column, scene, stacks, model=model, seed=first_seed, radius=radius)
     runs = [cold_start(first_seed + k, radius, twin_overrides=twin, model=model) for k in range(starts)]
     cycles = [r["cycles"] for r in runs]
     refusals = Counter(s["reason"] or s["outcome"] for r in runs for s in r["steps"]

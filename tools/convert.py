@@ -2,8 +2,16 @@
 """Convert a trained model (train.py's best.keras + summary.json) to .tflite with builtin ops only.
 
 Each quantisation is checked with LiteRT (the daemon's runtime) against Keras on held-out stacks
-(max and RMS difference in motor units), timed on one thread, and written with its model card
-(same name, .json). The first quantisation goes to --out, the others to <out>.<quantisation>.tflite.
+(parity: max and RMS difference in motor units, and the held-out RMSE of each), timed on one
+thread, and written with its model card (same name, .json). The first quantisation goes to --out,
+the others to <out>.<quantisation>.tflite.
+
+Parity says the conversion lost nothing, not that the model is accurate. Each file is then
+evaluated through the daemon's own path (benchkit.evaluation, as tools/evaluate.py:
+--evaluate-stacks stacks on each traced column and scene) and the evaluation written into its
+card; the last line for each says whether the daemon's model gate (estimator.max_model_rmse_percent,
+--limit) will accept it. --evaluate-stacks 0 skips that, and the daemon refuses the model until
+tools/evaluate.py has evaluated it.
 A model of your own goes anywhere outside the package (a config names it by path); only `make model`
 writes into daemon/temalign/models/, the shipped model.
 
@@ -17,6 +25,8 @@ import argparse
 import os
 import shlex
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the console
@@ -26,7 +36,21 @@ from extras import require
 
 require("tools/convert.py", "train", "keras", "tensorflow")
 
+from benchkit.evaluation import (  # noqa: E402 (after the check)
+    DEFAULT_LIMIT_PERCENT,
+    all_sets,
+    check_evaluable,
+    evaluation,
+    measure_sets,
+    parse_set,
+    verdict,
+    write_evaluation,
+)
 from trainkit.conversion import QUANTISATIONS, NonBuiltinOps, export  # noqa: E402 (after the check)
+
+EVALUATE_STACKS = 20
+"""Stacks per set of the evaluation after conversion: 560 over the 28 traced sets, a minute or two
+on 2 cores; tools/evaluate.py --stacks 200 for the figures a model ships with."""
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,16 +67,53 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", choices=("raw", "display", "any"), default=None,
                    help="the frames the card declares (default: the training data's); 'any' for a "
                         "model measured on camera and screen frames alike")
+    p.add_argument("--evaluate-stacks", type=int, default=EVALUATE_STACKS, metavar="N",
+                   help=f"stacks per set of the evaluation through the daemon's path (default "
+                        f"{EVALUATE_STACKS}; 0: skip it, and the daemon refuses the model until "
+                        "tools/evaluate.py evaluates it)")
+    p.add_argument("--evaluate-sets", nargs="+", default=None, metavar="COLUMN/SCENE",
+                   help="the sets of that evaluation (default: every traced column and scene)")
+    p.add_argument("--limit", type=float, default=DEFAULT_LIMIT_PERCENT,
+                   help="the daemon's estimator.max_model_rmse_percent, for the verdict (default 1)")
     return p
+
+
+def evaluate(model: Path, stacks: int, sets: list[str], *, command: str, limit: float) -> None:
+    """Evaluate one converted file through the daemon's path, write it into its card and say what
+    the daemon's gate makes of it; a model the evaluation cannot run is said so (not evaluated)."""
+    if stacks == 0:
+        print(f"{model}: NOT evaluated (--evaluate-stacks 0): the daemon will refuse it until "
+              f"tools/evaluate.py {model} writes its evaluation", flush=True)
+        return
+    try:
+        check_evaluable(model)
+    except ValueError as error:
+        print(f"{model}: NOT evaluated ({error}): the daemon will refuse it", flush=True)
+        return
+    print(f"{model}: evaluating through the daemon's path on {len(sets)} sets x {stacks} stacks", flush=True)
+    started = time.perf_counter()
+    measured = measure_sets(model, sets, stacks, progress=lambda line: print(f"  {line}", flush=True))
+    write_evaluation(model, evaluation(measured, command=command, date=datetime.now(UTC).date().isoformat(),
+                                       wall_s=time.perf_counter() - started))
+    print(f"{model}: {verdict(model, limit)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
+    if args.evaluate_stacks < 0 or not args.limit > 0:
+        print("convert: --evaluate-stacks must be 0 or more, --limit more than 0", file=sys.stderr)
+        return 2
+    sets = args.evaluate_sets or all_sets()
+    command = shlex.join(["tools/convert.py", *argv])
     try:
-        export(args.model, args.out, args.quantisation, summary_path=args.summary, held_out=args.held_out,
-               max_held_out=args.max_held_out, latency_repeats=args.latency_repeats, frames=args.frames,
-               command=shlex.join(["tools/convert.py", *argv]))
+        for name in sets:
+            parse_set(name)
+        reports = export(args.model, args.out, args.quantisation, summary_path=args.summary,
+                         held_out=args.held_out, max_held_out=args.max_held_out,
+                         latency_repeats=args.latency_repeats, frames=args.frames, command=command)
+        for report in reports:
+            evaluate(Path(report["file"]), args.evaluate_stacks, sets, command=command, limit=args.limit)
     except NonBuiltinOps as error:
         print(f"convert: refused: {error}", file=sys.stderr)
         return 3

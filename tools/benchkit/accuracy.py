@@ -2,7 +2,8 @@
 takes, the shipped model re-mapped through the calibration the daemon measured there, the
 classical estimator, and what the agreement gate makes of the two.
 
-Used by tools/bench_shipped.py (--optics/--column/--scene) and tools/bench_columns.py."""
+Used by tools/bench_shipped.py (--optics/--column/--scene), and through benchkit.evaluation by
+tools/bench_columns.py and tools/evaluate.py (a model card's evaluation)."""
 
 from __future__ import annotations
 
@@ -30,13 +31,14 @@ def _p99_percent(errors: list[tuple[float, float]]) -> float | None:
 
 
 def column_accuracy(seed: int, n: int, radius: float, twin_overrides: dict[str, Any], *,
-                    model: Path = SHIPPED_MODEL) -> dict[str, Any]:
+                    model: Path = SHIPPED_MODEL, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """`n` stacks at misalignments uniform in the disc of `radius` units: the RMSE (% of 1000
     units) of the re-mapped model and of the classical estimator over the stacks each answered,
     how many each answered, how many the gate trusted (and its RMSE), the reasons, and each stack's
-    truth and estimates (`points`, for a plot of predicted against true)."""
+    truth and estimates (`points`, for a plot of predicted against true). `overrides`: the daemon's
+    settings (section -> keys), e.g. the wobble a model's card was made for."""
     twin = deep_merge(twin_overrides, NO_DRIFT)
-    with sim_column(seed, twin_overrides=twin, model=model) as col:
+    with sim_column(seed, overrides=overrides, twin_overrides=twin, model=model) as col:
         estimator = col.parts.estimator
         settings = col.settings
         rng = np.random.default_rng([seed, 12])

@@ -170,9 +170,11 @@ def convert_and_check(keras_model: keras.Model, quantisation: str, held_out: np.
 
 # ---- the whole export: convert, check, card -------------------------------------------------------
 
-def keeps_accuracy(lite_rmse: float, keras_rmse: float) -> bool:
-    """A quantised model 'keeps the accuracy' when its held-out RMSE is within 10 % (relative) plus
-    0.05 % (absolute, half a motor unit) of the Keras model's."""
+def parity_holds(lite_rmse: float, keras_rmse: float) -> bool:
+    """LiteRT keeps what Keras had when its held-out RMSE is within 10 % (relative) plus 0.05 %
+    (absolute, half a motor unit) of the Keras model's. Parity only: it says the conversion (and a
+    quantisation) lost nothing, not that the model is accurate; that is the card's `evaluation`
+    (tools/evaluate.py), which the daemon's model gate reads."""
     return lite_rmse <= keras_rmse * 1.10 + 0.05
 
 
@@ -235,11 +237,11 @@ def export(keras_path: str | Path, out: str | Path, quantisations: Iterable[str]
         path = _variant_path(out, q, i == 0)
         path.write_bytes(conv.tflite)
         lite = conv.metrics or {}
-        keeps = keeps_accuracy(lite["rmse_percent"], keras_metrics["rmse_percent"])
+        holds = parity_holds(lite["rmse_percent"], keras_metrics["rmse_percent"])
         card = {**base,
                 "model": {"name": summary["model"], "file": path.name, "params": int(model.count_params()),
                           "file_size_bytes": conv.size_bytes, "quantisation": q, "ops": op_names(conv.tflite),
-                          "keeps_accuracy": keeps, "keras_source": str(keras_path)},
+                          "parity_holds": holds, "keras_source": str(keras_path)},
                 "parity": {**conv.parity, "held_out": ho_source},
                 "latency_ms": conv.latency_ms,
                 "metrics": {**base.get("metrics", {}), "held_out_keras": keras_metrics,
@@ -251,12 +253,12 @@ def export(keras_path: str | Path, out: str | Path, quantisations: Iterable[str]
                   "rms_diff_units": conv.parity["rms_diff_units"],
                   "latency_p50_ms": conv.latency_ms["p50"], "latency_p90_ms": conv.latency_ms["p90"],
                   "rmse_percent": lite["rmse_percent"], "keras_rmse_percent": keras_metrics["rmse_percent"],
-                  "keeps_accuracy": keeps}
+                  "parity_holds": holds}
         reports.append(report)
         if verbose:
             print(f"{q:>12}: {conv.size_bytes / 1e6:7.2f} MB  parity max {report['max_diff_units']:.3g} "
                   f"rms {report['rms_diff_units']:.3g} units  latency p50 {report['latency_p50_ms']:.2f} ms "
-                  f"p90 {report['latency_p90_ms']:.2f} ms (1 thread)  RMSE {report['rmse_percent']:.2f} % "
-                  f"(Keras {report['keras_rmse_percent']:.2f} %) {'keeps' if keeps else 'LOSES'} accuracy "
-                  f"-> {path}", flush=True)
+                  f"p90 {report['latency_p90_ms']:.2f} ms (1 thread)  parity: held-out RMSE "
+                  f"{report['rmse_percent']:.2f} % in LiteRT, {report['keras_rmse_percent']:.2f} % in Keras, "
+                  f"{'holds' if holds else 'LOST'} -> {path}", flush=True)
     return reports

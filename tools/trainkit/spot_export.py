@@ -2,10 +2,11 @@
 ops only (trainkit.conversion), checked with LiteRT against Keras on held-out stacks, timed on one
 thread, and written with its card (output "spots", the wobbles and wobble centres it was trained on).
 
-What "keeps accuracy" means here: LiteRT's spot centres on the held-out stacks stay within
-PARITY_PX of Keras' (pixels of the 128 px input) and its held-out centre error within 10 % of
-Keras'. The accuracy that matters (motor units through the daemon's walk and calibration) is
-measured by tools/bench_columns.py on the traced columns and scenes."""
+Parity ("parity_holds"): LiteRT's spot centres on the held-out stacks stay within PARITY_PX of
+Keras' (pixels of the 128 px input) and its held-out centre error within 10 % of Keras'. That says
+the conversion lost nothing, not that the model is accurate: the accuracy that matters (motor
+units through the daemon's walk and calibration) is the card's `evaluation`, written by
+tools/evaluate.py (`make model` runs it), which the daemon's model gate reads."""
 
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def export(frame_model: keras.Model, out: Path, held_out: dict[str, np.ndarray],
     full = {**card,
             "model": {"name": "spotnet", "file": out.name, "params": int(frame_model.count_params()),
                       "file_size_bytes": len(tflite), "quantisation": quantisation,
-                      "ops": sorted(set(op_names(tflite))), "keeps_accuracy": bool(keeps)},
+                      "ops": sorted(set(op_names(tflite))), "parity_holds": bool(keeps)},
             "parity": parity, "latency_ms": timing,
             "metrics": {**card.get("metrics", {}), "held_out_keras": keras_errors,
                         "held_out_litert": lite_errors}}
@@ -69,4 +70,4 @@ def export(frame_model: keras.Model, out: Path, held_out: dict[str, np.ndarray],
         f"{lite_errors['median_px']:.2f} px p99 {lite_errors['p99_px']:.2f} px (Keras "
         f"{keras_errors['median_px']:.2f} / {keras_errors['p99_px']:.2f}) -> {out}")
     return {"quantisation": quantisation, "file": str(out), "size_bytes": len(tflite), "parity": parity,
-            "latency_ms": timing, "litert": lite_errors, "keras": keras_errors, "keeps_accuracy": bool(keeps)}
+            "latency_ms": timing, "litert": lite_errors, "keras": keras_errors, "parity_holds": bool(keeps)}

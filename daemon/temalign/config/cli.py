@@ -2,9 +2,10 @@
 
 A bad file raises ConfigError, which temalign.cli prints as one `temalign: error: ...` and turns
 into exit status 2. `check` also opens the configured model as the daemon will (open_model): a
-model or card that is missing, invalid or made for another wobble or source is a ModelError, exit
-status 2 as well, naming the file. pydantic, yaml and LiteRT are imported inside the handlers so
-`temalign --help` and the other subcommands stay quick."""
+model or card that is missing, invalid, made for another wobble or source, not evaluated or
+evaluated over `estimator.max_model_rmse_percent` (decide.model_gate) is a ModelError, exit
+status 2 as well, naming the file and the number that failed. pydantic, yaml and LiteRT are
+imported inside the handlers so `temalign --help` and the other subcommands stay quick."""
 
 from __future__ import annotations
 
@@ -95,7 +96,12 @@ def _model(settings: Settings, card: JsonObject | None) -> str:
             wobbles = f"wobbles {low:g} to {high:g}"
         else:
             wobbles = f"wobble {card['wobble_fraction']:g}"
-        described = f" (card: preprocess {card['preprocess']}, {wobbles}, {card['frames']} frames)"
+        evaluation = card.get("evaluation")
+        evaluated = ("not evaluated" if not isinstance(evaluation, dict) else
+                     f"evaluated RMSE {evaluation.get('rmse_percent')} % over "
+                     f"{len(evaluation.get('sets', []))} sets")
+        described = (f" (card: preprocess {card['preprocess']}, {wobbles}, {card['frames']} frames, "
+                     f"{evaluated}, limit {settings.estimator.max_model_rmse_percent:g} %)")
     return f"{path}{described}; estimators must agree within {settings.estimator.agreement_units:g} units"
 
 

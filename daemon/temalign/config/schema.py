@@ -300,6 +300,9 @@ class EstimatorSettings(Section):
     model_alone_max_units: Annotated[float, Field(ge=0.0, le=1000.0)] = 120.0
     """The longest move a spot model may make alone, when the classical estimator cannot measure
     the stack (decide.trust.model_alone); 0: never alone."""
+    max_model_rmse_percent: Annotated[float, Field(gt=0.0, le=100.0)] = 1.0
+    """The largest RMSE (% of 1000 units, pooled over its card's evaluated sets) of a model the
+    daemon runs (decide.model_gate); a model without an evaluation is refused whatever this is."""
 
     @field_validator("model", mode="before")
     @classmethod

@@ -18,4 +18,5 @@ code (snake_case). The rest of the service measures and acts; these decide.
     verify.is_worse            worse after a move: roll back
     verify.FailureCounter      failures in a row toward hold
     promotion.may_promote      a candidate model replaces the live one only on shadow evidence
+    model_gate.model_gate      a model without an evaluation, or evaluated over the RMSE limit
 """

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from temalign.decide.model_gate import model_gate
 from temalign.errors import TemalignError
 from temalign.estimate import card as cards
 from temalign.estimate.calibration import Calibration, nominal_calibration
@@ -38,6 +39,17 @@ class ModelError(TemalignError):
     """A model or card that cannot be used; exit status 2, like a bad config."""
 
     exit_status = 2
+
+
+def read_model_card(path: Path) -> JsonObject:
+    """The card of the model at `path`, validated; ModelError names the file when it is missing or
+    invalid."""
+    try:
+        return cards.read_card(path)
+    except FileNotFoundError:
+        raise ModelError(f"model {path}: its card {cards.card_path(path)} is missing") from None
+    except (ValueError, OSError) as error:  # JSONDecodeError is a ValueError
+        raise ModelError(f"model {path}: {error}") from None
 
 
 OUTPUT_SIZES = {"delta": 2, "spots": 21}
@@ -77,12 +89,7 @@ class ModelEstimator:
         self.path = Path(model_path)
         if not self.path.is_file():
             raise ModelError(f"model {self.path}: no such file")
-        try:
-            self.card: JsonObject = cards.read_card(self.path)
-        except FileNotFoundError:
-            raise ModelError(f"model {self.path}: its card {cards.card_path(self.path)} is missing") from None
-        except (ValueError, OSError) as error:  # JSONDecodeError is a ValueError
-            raise ModelError(f"model {self.path}: {error}") from None
+        self.card: JsonObject = read_model_card(self.path)
         try:
             self.preprocess = resolve(self.card["preprocess"])
         except ValueError as error:
@@ -210,12 +217,29 @@ def open_model(settings: Settings, frames: str, path: Path | None = None) -> Mod
     """A model the daemon is to run (the configured `estimator.model`, or `path`: a candidate for
     the shadow, a promoted model), on `estimator.threads` threads, loaded and checked against the
     configured wobble and the kind of `frames` the source gives ("raw" from the camera, "display"
-    from the screen): the one way `temalign config check`, the daemon and `temalign model shadow`
-    open one. Raises ModelError (exit status 2) naming the file when the model or its card is
-    missing, invalid or made for another wobble or source."""
+    from the screen), and through the model gate (`estimator.max_model_rmse_percent`): the one way
+    `temalign config check`, the daemon and `temalign model shadow` open one. Raises ModelError
+    (exit status 2) naming the file when the model or its card is missing, invalid, made for
+    another wobble or source, not evaluated or evaluated over the limit."""
     model = ModelEstimator(settings.estimator.model if path is None else path, settings.estimator.threads)
     try:
         check_compatible(model.card, wobble_fraction=settings.wobble.fraction, frames=frames)
     except ModelError as error:
         raise ModelError(f"model {model.path} (card {cards.card_path(model.path)}): {error}") from None
+    check_evaluated(model.card, model.path, settings.estimator.max_model_rmse_percent)
     return model
+
+
+def check_evaluated(card: JsonObject, path: Path, limit_percent: float) -> None:
+    """The model gate (decide.model_gate) as an error: ModelError (exit status 2) naming the file,
+    the number that failed and the limit, when the card has no evaluation or one over the limit."""
+    reason = model_gate(card, limit_percent)
+    if reason is not None:
+        raise ModelError(f"model {path} refused: {reason}")
+
+
+def check_configured_card(settings: Settings) -> None:
+    """The configured model's card read and gated, without loading the model: what a reload
+    (SIGHUP) checks of the model a restart would run. ModelError as open_model's."""
+    path = Path(settings.estimator.model)
+    check_evaluated(read_model_card(path), path, settings.estimator.max_model_rmse_percent)

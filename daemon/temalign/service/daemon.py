@@ -29,6 +29,7 @@ from temalign.decide.column import Asked, is_paused
 from temalign.errors import ConfigError, TemalignError
 from temalign.estimate.calibration import Calibration, load_calibration
 from temalign.estimate.combined import CombinedEstimator
+from temalign.estimate.model_estimator import ModelError, check_configured_card
 from temalign.microscope import Microscope
 from temalign.protocol.errors import ProtocolError
 from temalign.record.logs import cycle_line
@@ -334,8 +335,15 @@ class Daemon:
     def reload(self, new: Settings) -> list[str]:
         """SIGHUP: take the new limits, thresholds, schedule, logging and promotion rule at once;
         sections that need new connections or files (microscope, source, paths, control, metrics,
-        journal, the model) are kept until a restart, and the returned sentences say which."""
+        journal, the model) are kept until a restart, and the returned sentences say which. A file
+        whose model's card is missing or invalid, or which the model gate refuses (not evaluated,
+        or over `estimator.max_model_rmse_percent`), is refused as a whole, ConfigError: the running
+        config and model stay, as that file would not survive the restart it asks for."""
         old = self.settings
+        try:
+            check_configured_card(new)
+        except ModelError as error:
+            raise ConfigError(f"{error}; the running model {old.estimator.model} and config stay") from None
         live = ("wobble", "quality", "safety", "schedule", "logging", "models")
         kept = [name for name in type(old).model_fields if name not in live
                 and getattr(old, name) != getattr(new, name)]
