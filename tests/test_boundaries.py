@@ -85,8 +85,9 @@ def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def _layer(module: str) -> str:
     """temalign.estimate.walk -> temalign.estimate; temalign.optics -> temalign.optics. The command
-    line's modules (temalign.cli, temalign.*.cli) stand above every layer: they compose them."""
-    if module == "temalign.cli" or module.endswith(".cli"):
+    line's modules (temalign.cli, temalign.*.cli, temalign.*.*_cli such as service.model_cli) stand
+    above every layer: they compose them."""
+    if module == "temalign.cli" or module.endswith((".cli", "_cli")):
         return "commands"
     return ".".join(module.split(".")[:2])
 

@@ -25,8 +25,6 @@ import argparse
 import os
 import shlex
 import sys
-import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the console
@@ -39,12 +37,8 @@ require("tools/convert.py", "train", "keras", "tensorflow")
 from benchkit.evaluation import (  # noqa: E402 (after the check)
     DEFAULT_LIMIT_PERCENT,
     all_sets,
-    check_evaluable,
-    evaluation,
-    measure_sets,
+    evaluate_into_card,
     parse_set,
-    verdict,
-    write_evaluation,
 )
 from trainkit.conversion import QUANTISATIONS, NonBuiltinOps, export  # noqa: E402 (after the check)
 
@@ -78,26 +72,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate(model: Path, stacks: int, sets: list[str], *, command: str, limit: float) -> None:
-    """Evaluate one converted file through the daemon's path, write it into its card and say what
-    the daemon's gate makes of it; a model the evaluation cannot run is said so (not evaluated)."""
-    if stacks == 0:
-        print(f"{model}: NOT evaluated (--evaluate-stacks 0): the daemon will refuse it until "
-              f"tools/evaluate.py {model} writes its evaluation", flush=True)
-        return
-    try:
-        check_evaluable(model)
-    except ValueError as error:
-        print(f"{model}: NOT evaluated ({error}): the daemon will refuse it", flush=True)
-        return
-    print(f"{model}: evaluating through the daemon's path on {len(sets)} sets x {stacks} stacks", flush=True)
-    started = time.perf_counter()
-    measured = measure_sets(model, sets, stacks, progress=lambda line: print(f"  {line}", flush=True))
-    write_evaluation(model, evaluation(measured, command=command, date=datetime.now(UTC).date().isoformat(),
-                                       wall_s=time.perf_counter() - started))
-    print(f"{model}: {verdict(model, limit)}", flush=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
@@ -113,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
                          held_out=args.held_out, max_held_out=args.max_held_out,
                          latency_repeats=args.latency_repeats, frames=args.frames, command=command)
         for report in reports:
-            evaluate(Path(report["file"]), args.evaluate_stacks, sets, command=command, limit=args.limit)
+            evaluate_into_card(Path(report["file"]), args.evaluate_stacks, sets, command=command,
+                               limit=args.limit)
     except NonBuiltinOps as error:
         print(f"convert: refused: {error}", file=sys.stderr)
         return 3

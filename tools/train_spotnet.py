@@ -63,27 +63,6 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def rendered(name: str, conds: list, seed: int, workers: int | None, cache: Path | None) -> dict:
-    """A set from its cache, else rendered with a progress line every 5 %."""
-    if cache is not None and cache.exists():
-        arrays = spot_data.load(cache)
-        if len(arrays["x"]) == len(conds) and list(arrays["column"]) == [c.column for c in conds]:
-            say(f"{name}: {len(conds)} stacks from {cache}")
-            return arrays
-        say(f"{name}: {cache} holds another set; rendering again")
-    step = max(1, len(conds) // 20)
-
-    def progress(done: int, total: int, elapsed: float) -> None:
-        if done % step == 0 or done == total:
-            say(f"{name}: rendered {done}/{total} stacks, {elapsed:.0f} s, about "
-                f"{elapsed / done * (total - done):.0f} s left")
-
-    arrays = spot_data.build(conds, seed, workers=workers, progress=progress)
-    if cache is not None:
-        spot_data.save(cache, arrays)
-    return arrays
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parser().parse_args(argv)
@@ -102,11 +81,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"train_spotnet: {error}", file=sys.stderr)
         return 2
     cache = Path(args.cache) if args.cache else None
-    train = rendered("training set", train_conds, args.seed, args.workers, cache)
-    inside = rendered("held-out, inside the training distribution", inside_conds, args.seed + 1,
-                      args.workers, None)
-    outside = rendered(f"held-out column {args.hold_out_column} and scene {args.hold_out_scene}",
-                       outside_conds, args.seed + 2, args.workers, None)
+    train = spot_data.load_or_build("training set", train_conds, args.seed, args.workers, cache, say)
+    inside = spot_data.load_or_build("held-out, inside the training distribution", inside_conds,
+                                     args.seed + 1, args.workers, None, say)
+    outside_name = f"held-out column {args.hold_out_column} and scene {args.hold_out_scene}"
+    outside = spot_data.load_or_build(outside_name, outside_conds, args.seed + 2, args.workers, None, say)
     rendering_s = time.monotonic() - started
     cfg = spot_training.SpotTraining(epochs=args.epochs, batch=args.batch, learning_rate=args.learning_rate,
                                      width=args.width, seed=args.seed, kind=args.variant)

@@ -100,6 +100,9 @@ COLUMNS: dict[str, Column] = {c.name: c for c in (
            magnification=0.85, camera_rotation_deg=90.0, mirrored=True, c_f=1.35,
            larmor_deg_per_unit=160.0, cs_power_at_1000=0.028, crossover_sigma_fov=0.004),
 )}
+NAMED_COLUMNS: tuple[str, ...] = tuple(COLUMNS)
+"""The named columns, fixed here: a training set's randomly drawn columns are registered in COLUMNS
+where their stacks are taken (tools/trainkit/traced_sets.py), and must not join the named ones."""
 
 
 def column(name: str) -> Column:

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from temalign.decide.model_gate import model_gate
 from temalign.durable import atomic_write
 from temalign.estimate import card as cards
 from temalign_twin.cli import optics_overrides
-from temalign_twin.columns import COLUMNS
+from temalign_twin.columns import NAMED_COLUMNS
 from temalign_twin.scenes import SCENES
 
 RADIUS_UNITS = 240.0
@@ -44,15 +45,15 @@ DEFAULT_LIMIT_PERCENT = EstimatorSettings.model_fields["max_model_rmse_percent"]
 
 
 def all_sets() -> list[str]:
-    """Every traced column and scene, as set names ("column/scene")."""
-    return [f"{c}/{s}" for c in COLUMNS for s in SCENES]
+    """Every named traced column and scene, as set names ("column/scene")."""
+    return [f"{c}/{s}" for c in NAMED_COLUMNS for s in SCENES]
 
 
 def parse_set(name: str) -> tuple[str, str]:
     """("column", "scene") of a set name; ValueError naming what does not exist."""
     column, _, scene = name.partition("/")
-    if column not in COLUMNS or scene not in SCENES:
-        raise ValueError(f"set {name!r}: expected COLUMN/SCENE with a column of {', '.join(COLUMNS)} "
+    if column not in NAMED_COLUMNS or scene not in SCENES:
+        raise ValueError(f"set {name!r}: expected COLUMN/SCENE with a column of {', '.join(NAMED_COLUMNS)} "
                          f"and a scene of {', '.join(SCENES)}")
     return column, scene
 
@@ -190,3 +191,25 @@ def verdict(model: Path, limit: float = DEFAULT_LIMIT_PERCENT) -> str:
 
 def _text(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def evaluate_into_card(model: Path, stacks: int, sets: list[str], *, command: str, limit: float,
+                       say: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+    """Evaluate one model file (converted, or learnt on a column) through the daemon's path, write
+    it into its card and say what the daemon's gate makes of it; a model the evaluation cannot run
+    is said so (not evaluated)."""
+    if stacks == 0:
+        say(f"{model}: NOT evaluated (--evaluate-stacks 0): the daemon will refuse it until "
+            f"tools/evaluate.py {model} writes its evaluation")
+        return
+    try:
+        check_evaluable(model)
+    except ValueError as error:
+        say(f"{model}: NOT evaluated ({error}): the daemon will refuse it")
+        return
+    say(f"{model}: evaluating through the daemon's path on {len(sets)} sets x {stacks} stacks")
+    started = time.perf_counter()
+    measured = measure_sets(model, sets, stacks, progress=lambda line: say(f"  {line}"))
+    write_evaluation(model, evaluation(measured, command=command, date=datetime.now(UTC).date().isoformat(),
+                                       wall_s=time.perf_counter() - started))
+    say(f"{model}: {verdict(model, limit)}")

@@ -86,3 +86,25 @@ def save(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
 def load(path: str | Path) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
         return {k: data[k] for k in data.files}
+
+
+def load_or_build(name: str, conds: Sequence[Condition], seed: int, workers: int | None, cache: Path | None,
+                  say: Callable[[str], None]) -> dict[str, np.ndarray]:
+    """A set from its cache, else rendered (and cached) with a progress line every 5 %."""
+    if cache is not None and cache.exists():
+        arrays = load(cache)
+        if len(arrays["x"]) == len(conds) and list(arrays["column"]) == [c.column for c in conds]:
+            say(f"{name}: {len(conds)} stacks from {cache}")
+            return arrays
+        say(f"{name}: {cache} holds another set; rendering again")
+    step = max(1, len(conds) // 20)
+
+    def progress(done: int, total: int, elapsed: float) -> None:
+        if done % step == 0 or done == total:
+            say(f"{name}: rendered {done}/{total} stacks, {elapsed:.0f} s, about "
+                f"{elapsed / done * (total - done):.0f} s left")
+
+    arrays = build(conds, seed, workers=workers, progress=progress)
+    if cache is not None:
+        save(cache, arrays)
+    return arrays

@@ -40,9 +40,10 @@ def frame_errors(out: np.ndarray, arrays: dict[str, np.ndarray]) -> dict[str, fl
 
 def export(frame_model: keras.Model, out: Path, held_out: dict[str, np.ndarray], card: dict[str, Any], *,
            quantisation: str = "float32", representative: np.ndarray | None = None,
-           latency_repeats: int = 200, say: Any = print) -> dict[str, Any]:
-    """The model in `quantisation` (float32, or full int8 with float input and output, calibrated on
-    `representative` inputs) to `out`, with its card; returns its report."""
+           latency_repeats: int = 200, name: str = "spotnet", say: Any = print) -> dict[str, Any]:
+    """The model (its card's `model.name`: `name`) in `quantisation` (float32, or full int8 with
+    float input and output, calibrated on `representative` inputs) to `out`, with its card; returns
+    its report."""
     model = spotnet.stack_model(frame_model, int(held_out["x"].shape[1]))
     x = held_out["x"].astype(np.float32)
     keras_out = np.asarray(model.predict(x, batch_size=32, verbose=0), dtype=np.float64)
@@ -58,7 +59,7 @@ def export(frame_model: keras.Model, out: Path, held_out: dict[str, np.ndarray],
     keeps = parity["max_diff_px"] <= PARITY_PX and lite_errors["median_px"] <= 1.1 * keras_errors["median_px"]
     timing = latency(tflite, x[:16], repeats=latency_repeats)
     full = {**card,
-            "model": {"name": "spotnet", "file": out.name, "params": int(frame_model.count_params()),
+            "model": {"name": name, "file": out.name, "params": int(frame_model.count_params()),
                       "file_size_bytes": len(tflite), "quantisation": quantisation,
                       "ops": sorted(set(op_names(tflite))), "parity_holds": bool(keeps)},
             "parity": parity, "latency_ms": timing,

@@ -13,11 +13,19 @@ move."""
 
 from __future__ import annotations
 
-from temalign.estimate.card import evaluation_problems
-from temalign.values import JsonObject
+import re
+
+from temalign.values import JsonObject, finite
 
 LIMIT_KEY = "estimator.max_model_rmse_percent"
 EVALUATE = "tools/evaluate.py MODEL.tflite (docs/own-model.md)"
+EVALUATION_REQUIRED = ("sets", "stacks", "answered", "rmse_percent", "p99_percent", "through", "command",
+                       "date")
+"""Keys of a model card's `evaluation`, each of its `sets` having SET_REQUIRED: defined here, beside
+the gate that reads them (temalign.estimate.card validates a whole card with `evaluation_problems`)."""
+SET_REQUIRED = ("name", "stacks", "answered", "rmse_percent", "p99_percent")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
 
 
 def _worst(evaluation: JsonObject) -> str:
@@ -50,3 +58,55 @@ def model_gate(card: JsonObject, limit_percent: float) -> str | None:
                 f"stacks, {evaluation['date']}) is over the limit of {limit_percent:g} % ({LIMIT_KEY})"
                 f"{_worst(evaluation)}")
     return None
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _figures_problems(where: str, figures: JsonObject) -> list[str]:
+    """Counts and percentages of a set or of the pooled evaluation: `answered` of `stacks`, and an
+    RMSE and p99 (finite, >= 0) unless no stack was answered (then both null)."""
+    problems = [f"{where}{key}: expected a count, got {figures[key]!r}" for key in ("stacks", "answered")
+                if not _count(figures[key])]
+    if not problems and figures["answered"] > figures["stacks"]:
+        problems.append(f"{where}answered: {figures['answered']} of only {figures['stacks']} stacks")
+    for key in ("rmse_percent", "p99_percent"):
+        v = figures[key]
+        if figures["answered"] == 0 and v is None:
+            continue
+        if not (finite(v) and v >= 0):
+            problems.append(f"{where}{key}: expected a percentage >= 0, got {v!r}")
+    return problems
+
+
+def evaluation_problems(evaluation: object) -> list[str]:
+    """Problems with a card's `evaluation` (empty when it is well formed)."""
+    if not isinstance(evaluation, dict):
+        return [f"expected an object, got {type(evaluation).__name__}"]
+    missing = [f"missing key {k!r}" for k in EVALUATION_REQUIRED if k not in evaluation]
+    if missing:
+        return missing
+    problems = _figures_problems("", evaluation)
+    sets = evaluation["sets"]
+    if not (isinstance(sets, list) and sets):
+        return [*problems, f"sets: expected a list of the sets measured, got {sets!r}"]
+    for i, one in enumerate(sets):
+        if not isinstance(one, dict) or any(k not in one for k in SET_REQUIRED):
+            problems.append(f"sets[{i}]: expected an object with {', '.join(SET_REQUIRED)}, got {one!r}")
+            continue
+        if not (isinstance(one["name"], str) and one["name"]):
+            problems.append(f"sets[{i}].name: expected the set's name, got {one['name']!r}")
+        problems.extend(_figures_problems(f"sets[{i}].", one))
+    if not problems and sum(s["stacks"] for s in sets) != evaluation["stacks"]:
+        problems.append(f"stacks: {evaluation['stacks']}, but its sets have "
+                        f"{sum(s['stacks'] for s in sets)}")
+    if not problems and sum(s["answered"] for s in sets) != evaluation["answered"]:
+        problems.append(f"answered: {evaluation['answered']}, but its sets answered "
+                        f"{sum(s['answered'] for s in sets)}")
+    for key in ("through", "command"):
+        if not (isinstance(evaluation[key], str) and evaluation[key]):
+            problems.append(f"{key}: expected what produced it (text), got {evaluation[key]!r}")
+    if not (isinstance(evaluation["date"], str) and _DATE.match(evaluation["date"])):
+        problems.append(f"date: expected YYYY-MM-DD, got {evaluation['date']!r}")
+    return problems

@@ -50,9 +50,15 @@ from temalign.frames import WobbleStack
 from temalign.microscope import Microscope
 from temalign.protocol.errors import ProtocolError
 from temalign.record.journal import Journal, JournalError
-from temalign.record.label import verified_label
 from temalign.record.result import MICROSCOPE_UNREACHABLE, CycleResult
-from temalign.record.stack_labels import REFERENCE_SCAN_ENTRIES, KeptStack, cycle_labels, stack_meta
+from temalign.record.stack_labels import (
+    REFERENCE_SCAN_ENTRIES,
+    KeptStack,
+    cycle_labels,
+    reference_label,
+    stack_meta,
+    verified,
+)
 from temalign.record.stacks import StackStore
 from temalign.record.state import FIRST_CORRECTION, RunState, StateChanges, StateStore, StateWriteError
 from temalign.service.shadow import Shadow, ShadowReading
@@ -169,7 +175,7 @@ class _Cycle:
         self.at: Pair | None = None
         """Where the aperture is for the next wobble: read at the start, then each move's read-back."""
         self.kept: list[KeptStack] = []
-        self.shadowed: list[tuple[Measurement, ShadowReading]] = []
+        self.shadowed: list[tuple[Measurement, ShadowReading, float, Pair | None]] = []
         """What the candidate in shadow said of each stack this cycle measured."""
 
     def result(self, outcome: str, reason: str, detail: str) -> CycleResult:
@@ -374,7 +380,8 @@ class _Cycle:
                                delta=rounded_pair(m.delta), model=rounded_pair(m.model_delta),
                                classical=rounded_pair(m.classical.delta) if m.classical else None)
         if self.p.shadow is not None:
-            self.shadowed.append((m, self.p.shadow.read(self.p.estimator, stack, m, label)))
+            reading = self.p.shadow.read(self.p.estimator, stack, m, label)
+            self.shadowed.append((m, reading, float(stack.times[0]) if stack.times else math.nan, self.at))
         return m
 
     def _keep(self, label: str, stack: WobbleStack, m: Measurement) -> None:
@@ -464,24 +471,33 @@ class _Cycle:
             return self.result("skipped", acted.reason, acted.detail)
         assert acted.outcome == CORRECTED
         self.p.failure_count.success()
-        self.teach_shadow(before, acted)
         if self.state.reference is None and acted.position_after is not None:
             self.state = self.p.state.update(reference=acted.position_after,
                                              reference_set_by=FIRST_CORRECTION)
             self.p.journal.append("reference", position=acted.position_after, set_by=FIRST_CORRECTION)
         return self.result(CORRECTED, decision.reason, f"{decision.detail}; {acted.detail}")
 
-    def teach_shadow(self, before: Measurement, acted: Acted) -> None:
-        """A correction kept after a trusted verification says what was right on the stack it was
-        decided on (record.label.verified_label): the candidate in shadow and the live model are
-        scored on it. A verification that was not trusted teaches nothing."""
-        shadow, after = self.p.shadow, acted.after
-        if shadow is None or acted.applied is None or after is None:
+    def teach_shadow(self, result: CycleResult) -> None:
+        """What the cycle's end says was right scores the candidate in shadow and the live model,
+        once per stack: a person's reference where one labels the stack (record.stack_labels: a
+        person said where aligned is, which no estimator's bias can reach), else, on the stack a
+        correction was decided on, the verified label (record.label.verified_label; a verification
+        that was not trusted teaches nothing)."""
+        shadow = self.p.shadow
+        if shadow is None or not self.shadowed:
             return
-        if not after.trusted or after.delta is None:
-            return
-        reading = next((said for m, said in self.shadowed if m is before), None)
-        shadow.verified(before, reading, verified_label(acted.applied, after.delta))
+        said = verified(result.outcome, result.applied, result.after)
+        try:
+            journal = self.p.journal.tail(REFERENCE_SCAN_ENTRIES)
+        except (JournalError, OSError):
+            journal = []  # no person's reference to be found: verified labels only
+        window = self.s.store.reference_label_s
+        for m, reading, taken, position in self.shadowed:
+            ref = reference_label(journal, taken=taken, position=position, window_s=window)
+            if ref is not None:
+                shadow.verified(m, reading, (float(ref["delta"][0]), float(ref["delta"][1])), by="reference")
+            elif said is not None and m is result.before:
+                shadow.verified(m, reading, (float(said["delta"][0]), float(said["delta"][1])))
 
     # ---- state ----------------------------------------------------------------------------------
 
@@ -530,6 +546,7 @@ def run_cycle(parts: Parts, *, asked: column.Asked = "schedule", look: str = "fu
     cycle = _Cycle(parts, asked, look)
     result = cycle.run()
     cycle.label_stacks(result)
+    cycle.teach_shadow(result)
     try:
         parts.journal.append("cycle", **result.to_json())
     except JournalError as error:  # kept by the journal, written once the disk takes it

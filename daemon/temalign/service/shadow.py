@@ -76,13 +76,15 @@ class Shadow:
                                  "delta": rounded_pair(reading.delta), "error": reading.error})
         return reading
 
-    def verified(self, decided: Measurement, reading: ShadowReading | None, label: Vector) -> None:
+    def verified(self, decided: Measurement, reading: ShadowReading | None, label: Vector,
+                 by: str = "verified") -> None:
         """A verified outcome on the stack `decided` (the live model's Measurement, `reading` the
-        candidate's): both scored, the evidence kept; never raises."""
+        candidate's), `by` a verified correction or a person's reference: both scored, the evidence
+        kept; never raises."""
         candidate = None if reading is None else reading.delta
         self.evidence = self.evidence.scored(decided.model_delta, candidate, label)
         self.metrics.set_shadow(self.evidence)
-        self._journal("shadow.verified", label=rounded_pair(label),
+        self._journal("shadow.verified", label=rounded_pair(label), by=by,
                       live_error=_error(decided.model_delta, label), candidate_error=_error(candidate, label),
                       evidence=self.evidence.to_json())
         try:

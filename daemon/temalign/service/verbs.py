@@ -20,7 +20,7 @@ from temalign.decide.column import aperture_moved, c1_changed, is_paused
 from temalign.errors import TemalignError
 from temalign.estimate.calibration import save_calibration
 from temalign.protocol.errors import ProtocolError
-from temalign.record.journal import Journal
+from temalign.record.journal import Journal, JournalError
 from temalign.record.state import RunState, StateChanges
 from temalign.service import status as status_report
 from temalign.service.calibrate import DEFAULT_STEP_UNITS, STEP_RANGE
@@ -46,6 +46,9 @@ class Said(NamedTuple):
 
 
 Verb = Callable[["Daemon", JsonObject, Caller], "Reply | Said | None"]
+LOOK_ONLY = frozenset({"status", "model-status"})
+"""Verbs that change nothing: answered even when the disk refuses their audit record (the journal
+keeps it in memory until the disk takes it), since status is how a person learns the disk is full."""
 MAX_REASON_CHARS = 500
 """A pause reason is a few words shown by status; a longer one is a mistake (or an attack)."""
 
@@ -53,7 +56,13 @@ MAX_REASON_CHARS = 500
 def handle(daemon: Daemon, verb: str, args: JsonObject, caller: Caller) -> Reply:
     """A control request, audited with its caller; raises ValueError to refuse it."""
     journal: Journal = daemon.journal
-    journal.append("control", verb=verb, args=args, uid=caller.uid, via=caller.via)
+    try:
+        journal.append("control", verb=verb, args=args, uid=caller.uid, via=caller.via)
+    except JournalError:
+        if verb not in LOOK_ONLY:
+            raise
+        # kept by the journal and written once the disk takes it; a person must be able to see
+        # why the daemon is in hold when the disk is full
     run = VERBS.get(verb)
     if run is None:
         raise ValueError(f"unknown request {verb!r} (known: {', '.join(sorted(VERBS))})")
