@@ -6,25 +6,18 @@ is the model LiteRT runs; bad input is refused with a clear message."""
 from __future__ import annotations
 
 import json
-import math
-import time
 from pathlib import Path
 
 import learn
 import numpy as np
 import pytest
 import tensorflow as tf
-from benchkit.harness import sim_column
+from benchkit.column_store import labelled_store
 from trainkit import column_learning, column_stacks, spotnet
 from trainkit.tflite_weights import spotnet_from_tflite
 
 from temalign import shipped
 from temalign.estimate.litert_model import LiteModel
-from temalign.record.stack_labels import stack_meta
-from temalign.record.stacks import StackStore
-from temalign.wobble.stack import wobble
-from temalign_twin.cli import optics_overrides
-from temalign_twin.settings import NO_DRIFT, deep_merge
 
 COLUMN, SCENE = "high-mag-contaminated", "stigmated-holography"
 """The traced cell the shipped model reads worst (docs/models.md): both estimators 8 to 14 units
@@ -32,34 +25,9 @@ off near alignment."""
 SPOTNET = shipped.model_path("spotnet")
 
 
-def _column_store(root: Path, stacks: int, seed: int = 3) -> Path:
-    """`stacks` wobbles on the column, as the daemon takes them, in a real stack store, each
-    labelled as a person's exact reference would label it (the twin's truth)."""
-    twin = deep_merge(optics_overrides("traced", COLUMN, SCENE), NO_DRIFT)
-    store = StackStore(root / "stacks", max_bytes=1 << 31, min_free_bytes=0)
-    with sim_column(seed, twin_overrides=twin) as col:
-        s, rng = col.settings, np.random.default_rng(seed)
-        for _ in range(stacks):
-            r, phi = 60.0 * math.sqrt(float(rng.uniform())), float(rng.uniform(0.0, 2.0 * math.pi))
-            where = col.offset(r * math.cos(phi), r * math.sin(phi))
-            truth = -np.asarray(col.truth()["misalignment"], dtype=float)
-            stack = wobble(col.microscope, col.parts.source, fraction=s.wobble.fraction,
-                           settle_s=s.wobble.settle_s, clock=col.clock, memory=col.parts.memory,
-                           restore_attempts=s.wobble.restore_attempts,
-                           saturation_abort_fraction=s.quality.saturation_abort_fraction)
-            measured = col.parts.estimator.measure(stack)
-            meta = stack_meta(stack, measured, wobble="before", cycle_started=col.clock.now(), position=where,
-                              wall=time.time(), estimator=col.parts.estimator)
-            sid = store.put(stack, meta)
-            assert sid is not None
-            assert store.label(sid, "within_deadband", {"reference": {
-                "delta": [float(truth[0]), float(truth[1])], "set_by": "the twin's truth"}})
-    return root / "stacks"
-
-
 @pytest.fixture(scope="module")
 def column_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _column_store(tmp_path_factory.mktemp("column"), 40)
+    return labelled_store(tmp_path_factory.mktemp("column") / "stacks", COLUMN, SCENE, 40)
 
 
 def test_a_learnt_candidate_beats_its_parent_on_held_out_column_stacks(

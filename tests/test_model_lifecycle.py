@@ -360,3 +360,25 @@ def test_the_store_keeps_one_copy_and_refuses_to_guess(tmp_path: Path) -> None:
     store.path.write_text("{not json")
     with pytest.raises(ValueError, match="will not guess which model is live"):
         store.load()
+
+
+def test_a_persons_reference_scores_the_shadow_on_the_stacks_of_its_window(make_twin: Any, connect: Any,
+                                                                           short_dir: Path) -> None:
+    """A person who aligned by hand and set the reference says what was right on every stack of the
+    next store.reference_label_s, with no correction needed (the label: reference - position)."""
+    served = make_twin()
+    daemon = _daemon(served, connect, short_dir)
+    sock = daemon.settings.control.socket
+    try:
+        request(sock, "model-shadow", {"path": str(_spotnet_copy(short_dir))})
+        request(sock, "reference-set")
+        result = request(sock, "once")
+        assert result["outcome"] in ("within_deadband", "checked", "corrected"), result
+        evidence = request(sock, "model-status")["candidate"]["evidence"]
+    finally:
+        daemon.stop()
+    scored = [e for e in read_journal(short_dir / "state") if e["kind"] == "shadow.verified"]
+    assert scored and scored[0]["by"] == "reference"
+    assert scored[0]["label"] == [0.0, 0.0]  # the daemon measured where the person had aligned
+    assert scored[0]["live_error"] == pytest.approx(scored[0]["candidate_error"])  # the same network
+    assert evidence["verified"] == len(scored)

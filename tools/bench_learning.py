@@ -39,6 +39,7 @@ require("tools/bench_learning.py", "train", "keras", "tensorflow")
 
 import learn  # noqa: E402
 import numpy as np  # noqa: E402
+from benchkit.column_store import labelled_store  # noqa: E402
 from benchkit.harness import SHIPPED_MODEL, SimColumn, sim_column  # noqa: E402
 from benchkit.session import PERSON_SIGMA_UNITS, Sampler, _daemon  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
@@ -162,6 +163,28 @@ def run(args: argparse.Namespace, say: Any) -> dict[str, Any]:
     return record
 
 
+def cost(args: argparse.Namespace, say: Any) -> dict[str, Any]:
+    """How long `temalign learn` takes on a store of `args.cost_stacks` labelled stacks of the cell
+    (benchkit.column_store: the twin's truth as a person's exact reference)."""
+    out = Path(args.out)
+    started = time.monotonic()
+    store = labelled_store(out / "cost-stacks", args.column, args.scene, args.cost_stacks, seed=args.seed)
+    filled_s = time.monotonic() - started
+    say(f"{args.cost_stacks} labelled stacks in {store} in {filled_s:.0f} s")
+    candidate = out / "cost-candidate.tflite"
+    learn_argv = ["--store", str(store), "--model", str(args.model), "--out", str(candidate),
+                  "--steps", str(args.steps), "--evaluate-stacks", str(args.evaluate_stacks),
+                  *(["--twin-cache", args.twin_cache] if args.twin_cache else [])]
+    started = time.monotonic()
+    if learn.main(learn_argv) != 0:
+        raise SystemExit("bench_learning: learn refused (above)")
+    card = json.loads(candidate.with_suffix(".json").read_text())
+    return {"column": args.column, "scene": args.scene, "stacks": args.cost_stacks,
+            "learn_command": shlex.join(["tools/learn.py", *learn_argv]),
+            "learn_wall_s": round(time.monotonic() - started), "fill_s": round(filled_s),
+            "evidence": card["evidence"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -176,9 +199,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--evaluate-stacks", type=int, default=20)
     p.add_argument("--twin-cache", default=None)
     p.add_argument("--out", default="bench-out/learning")
+    p.add_argument("--cost-stacks", type=int, default=0, metavar="N",
+                   help="instead of the three days: the time `temalign learn` takes on a store of N labelled "
+                        "stacks of the cell (learning-cost.json)")
     args = p.parse_args(argv)
     started = time.monotonic()
-    record = run(args, lambda line: print(line, flush=True))
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    if args.cost_stacks:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        record = cost(args, say)
+        record["command"] = shlex.join(["tools/bench_learning.py", *argv])
+        (Path(args.out) / "learning-cost.json").write_text(json.dumps(record, indent=1) + "\n")
+        print(f"learn on {args.cost_stacks} stacks: {record['learn_wall_s']} s; wrote "
+              f"{Path(args.out) / 'learning-cost.json'}", flush=True)
+        return 0
+    record = run(args, say)
     record["command"] = shlex.join(["tools/bench_learning.py", *argv])
     record["wall_s"] = round(time.monotonic() - started)
     (Path(args.out) / "learning.json").write_text(json.dumps(record, indent=1) + "\n")

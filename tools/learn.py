@@ -14,8 +14,9 @@ trainkit.column_learning), and writes a candidate .tflite with its card:
   the candidate can be put in shadow (`temalign model shadow OUT`) and promoted on the column's own
   evidence (`temalign model promote`).
 
-Needs the [train] extra. On 2 cores, 500 column stacks take about a quarter of an hour: rendering the
-twin's stacks (cached with --twin-cache), the fine-tuning, the conversion and the evaluation.
+Needs the [train] extra. On 2 cores, a store of 500 labelled stacks took 1.7 min (the fine-tuning,
+the conversion and the evaluation; docs/models.md), plus about a minute to render the twin's
+stacks the first time (--twin-cache keeps them).
 
 Example:
   tools/learn.py --store /var/lib/temalign/stacks --out /var/lib/temalign/learnt/spotnet-col.tflite
