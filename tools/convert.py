@@ -35,7 +35,7 @@ from extras import require
 require("tools/convert.py", "train", "keras", "tensorflow")
 
 from benchkit.evaluation import (  # noqa: E402 (after the check)
-    DEFAULT_LIMIT_PERCENT,
+    add_limit_argument,
     all_sets,
     evaluate_into_card,
     parse_set,
@@ -67,8 +67,7 @@ def parser() -> argparse.ArgumentParser:
                         "tools/evaluate.py evaluates it)")
     p.add_argument("--evaluate-sets", nargs="+", default=None, metavar="COLUMN/SCENE",
                    help="the sets of that evaluation (default: every traced column and scene)")
-    p.add_argument("--limit", type=float, default=DEFAULT_LIMIT_PERCENT,
-                   help="the daemon's estimator.max_model_rmse_percent, for the verdict (default 1)")
+    add_limit_argument(p)
     return p
 
 

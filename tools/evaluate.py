@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchkit.evaluation import (
-    DEFAULT_LIMIT_PERCENT,
+    add_limit_argument,
     all_sets,
     check_evaluable,
     evaluation,
@@ -46,8 +46,7 @@ def parser() -> argparse.ArgumentParser:
                    help="the sets to measure (default: every traced column and scene)")
     p.add_argument("--jobs", type=int, default=1, help="sets measured at once, in processes (default 1)")
     p.add_argument("--seed", type=int, default=1, help="the twin's seed on every set (default 1)")
-    p.add_argument("--limit", type=float, default=DEFAULT_LIMIT_PERCENT,
-                   help="the daemon's estimator.max_model_rmse_percent, for the verdict (default 1)")
+    add_limit_argument(p)
     return p
 
 

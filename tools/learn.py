@@ -41,7 +41,7 @@ from extras import require
 require("tools/learn.py", "train", "keras", "tensorflow")
 
 import numpy as np  # noqa: E402 (after the extra's check)
-from benchkit.evaluation import DEFAULT_LIMIT_PERCENT, all_sets, evaluate_into_card  # noqa: E402
+from benchkit.evaluation import add_limit_argument, all_sets, evaluate_into_card  # noqa: E402
 from trainkit import column_learning, column_stacks, spot_data, spot_export, traced_sets  # noqa: E402
 from trainkit.tflite_weights import spotnet_from_tflite  # noqa: E402
 
@@ -73,8 +73,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--evaluate-stacks", type=int, default=20, metavar="N",
                    help="stacks per traced set of the gate's evaluation (default 20; 0: not evaluated, and "
                         "the daemon refuses the candidate until tools/evaluate.py has evaluated it)")
-    p.add_argument("--limit", type=float, default=DEFAULT_LIMIT_PERCENT,
-                   help="the daemon's estimator.max_model_rmse_percent, for the verdict")
+    add_limit_argument(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=None, help="rendering processes (default: every core)")
     return p

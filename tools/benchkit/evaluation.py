@@ -10,6 +10,7 @@ pooled (trainkit.metrics), over the stacks the model answered."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -42,6 +43,12 @@ THROUGH = ("benchkit.accuracy.column_accuracy on the traced twin: the daemon's o
 
 DEFAULT_LIMIT_PERCENT = EstimatorSettings.model_fields["max_model_rmse_percent"].default
 """The daemon's default `estimator.max_model_rmse_percent`, for the verdicts of the tools."""
+
+
+def add_limit_argument(parser: argparse.ArgumentParser) -> None:
+    """The tools' `--limit`: the daemon's limit their verdict on a model is given against."""
+    parser.add_argument("--limit", type=float, default=DEFAULT_LIMIT_PERCENT,
+                        help="the daemon's estimator.max_model_rmse_percent, for the verdict (default 1)")
 
 
 def all_sets() -> list[str]:

@@ -201,10 +201,16 @@ def _command(args: argparse.Namespace, verb: str, extra: JsonObject | None = Non
 
 def status(args: argparse.Namespace) -> int:
     """LSB: 0 the daemon runs, 3 it does not, 4 its state is unknown."""
+    return lsb_status(lambda: _verb(args, "status"))
+
+
+def lsb_status(ask: Callable[[], object]) -> int:
+    """A status verb's exit status (LSB): 0 the daemon answered `ask`, 3 it does not run, 4 its
+    state cannot be told."""
     from temalign.service.control import ControlError, NotRunning
 
     try:
-        _verb(args, "status")
+        ask()
     except NotRunning as error:
         print(f"temalign: not running: {error}", file=sys.stderr)
         return STATUS_NOT_RUNNING

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from temalign.service.cli import (
-    STATUS_NOT_RUNNING,
-    STATUS_UNKNOWN,
     _config_arg,
     _json_arg,
     _settings,
     _socket,
     _socket_arg,
+    lsb_status,
 )
 
 if TYPE_CHECKING:
@@ -104,17 +102,7 @@ def _print(args: argparse.Namespace, result: JsonObject) -> None:
 
 def status(args: argparse.Namespace) -> int:
     """LSB: 0 the daemon runs, 3 it does not, 4 its state is unknown."""
-    from temalign.service.control import ControlError, NotRunning
-
-    try:
-        _model_verb(args, "model-status")
-    except NotRunning as error:
-        print(f"temalign: not running: {error}", file=sys.stderr)
-        return STATUS_NOT_RUNNING
-    except ControlError as error:
-        print(f"temalign: error: {error}", file=sys.stderr)
-        return STATUS_UNKNOWN
-    return 0
+    return lsb_status(lambda: _model_verb(args, "model-status"))
 
 
 def shadow(args: argparse.Namespace) -> int:
