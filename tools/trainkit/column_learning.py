@@ -78,18 +78,22 @@ def _orientation_matrix(flip_x: bool, flip_y: bool, transpose: bool) -> np.ndarr
     return f
 
 
+def _turned(images: np.ndarray, which: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, H, W, C) in orientation `which` (flipped in x, then y, then transposed), and F."""
+    flip_x, flip_y, transpose = _ORIENTATIONS[which]
+    if flip_x:
+        images = images[:, :, ::-1, :]
+    if flip_y:
+        images = images[:, ::-1, :, :]
+    if transpose:
+        images = np.transpose(images, (0, 2, 1, 3))
+    return np.ascontiguousarray(images), _orientation_matrix(flip_x, flip_y, transpose)
+
+
 def orient(batch: ColumnSet, which: int) -> ColumnSet:
     """One of the square's eight orientations of every stack in `batch`, labels kept."""
-    flip_x, flip_y, transpose = _ORIENTATIONS[which]
-    x = batch.x
-    if flip_x:
-        x = x[:, :, ::-1, :]
-    if flip_y:
-        x = x[:, ::-1, :, :]
-    if transpose:
-        x = np.transpose(x, (0, 2, 1, 3))
-    f_inv = np.linalg.inv(_orientation_matrix(flip_x, flip_y, transpose))
-    return ColumnSet(np.ascontiguousarray(x), batch.rho, batch.to_delta @ f_inv, batch.label)
+    x, f = _turned(batch.x, which)
+    return ColumnSet(x, batch.rho, batch.to_delta @ np.linalg.inv(f), batch.label)
 
 
 def _fit(centres: Any, rho: Any, w: Any) -> tuple[Any, Any, Any]:
@@ -226,13 +230,7 @@ def fine_tune(frame_model: keras.Model, column: ColumnSet, twin: dict[str, np.nd
 
 def _oriented_frames(frames: np.ndarray, labels: np.ndarray, which: int) -> tuple[np.ndarray, np.ndarray]:
     """Twin frames (N, H, W, 1) and their (x, y, on) labels in one of the eight orientations."""
-    flip_x, flip_y, transpose = _ORIENTATIONS[which]
+    turned, f = _turned(frames, which)
     labels = labels.copy()
-    if flip_x:
-        frames = frames[:, :, ::-1, :]
-    if flip_y:
-        frames = frames[:, ::-1, :, :]
-    if transpose:
-        frames = np.transpose(frames, (0, 2, 1, 3))
-    labels[:, :2] = labels[:, :2] @ _orientation_matrix(flip_x, flip_y, transpose).T
-    return np.ascontiguousarray(frames), labels
+    labels[:, :2] = labels[:, :2] @ f.T
+    return turned, labels
