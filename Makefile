@@ -41,16 +41,21 @@ data/%.npz: | $(VENV)/.dev-installed
 # The shipped model (docs/models.md, docs/model-design.md): the spot network, a learned CNN that
 # finds the spot in each frame, trained on 8000 widely randomised traced-twin stacks (rendering
 # about 20 min, training about 30 min on 2 cores), one column and one scene held out; float32
-# .tflite with its card, and the int8 variant beside the run for the cost study. Package data
-# (temalign.shipped): the wheel carries it, a config names it `spotnet`. Then its evaluation through
-# the daemon's path on every traced column and scene, into its card (the daemon refuses a model
-# without one, or over estimator.max_model_rmse_percent): about 5 to 10 minutes on 2 cores.
+# .tflite with its card, and the int8 variant beside the run for the cost study. Then the frame
+# model is tuned on whole stacks through the daemon's walk (tools/tune_spotnet.py: 60 truth-labelled
+# stacks on each of the 18 training cells, as `temalign learn` tunes a column's; about 5 min).
+# Package data (temalign.shipped): the wheel carries it, a config names it `spotnet`. Then its
+# evaluation through the daemon's path on every traced column and scene, into its card (the daemon
+# refuses a model without one, or over estimator.max_model_rmse_percent): about 5 minutes.
 SPOTNET := daemon/temalign/models/spotnet.tflite
 model: | $(VENV)/.dev-installed
 	mkdir -p data
 	$(BIN)/python tools/train_spotnet.py --stacks 8000 --epochs 20 --seed 11 --out runs/spotnet \
-	  --cache data/spotnet-train-11.npz --tflite $(SPOTNET) --int8 runs/spotnet/spotnet.int8.tflite
-	$(BIN)/python tools/evaluate.py $(SPOTNET) --stacks 100 --jobs 1
+	  --cache data/spotnet-train-11.npz --tflite runs/spotnet/spotnet-frames.tflite \
+	  --int8 runs/spotnet/spotnet.int8.tflite
+	$(BIN)/python tools/tune_spotnet.py --model runs/spotnet/spotnet-frames.tflite --out $(SPOTNET) \
+	  --stores data/tune-stores --twin-cache data/learn-twin-300-21.npz
+	$(BIN)/python tools/evaluate.py $(SPOTNET) --stacks 100 --jobs 2
 
 # The baseline kept selectable (`estimator.model: wobble_physics`): the twin's geometry as TFLite
 # ops, calibrated on the twin's N 10/13 (5 seeded runs, the best kept).

@@ -119,3 +119,22 @@ def test_learn_refuses_a_store_that_is_not_there(tmp_path: Path, capsys: pytest.
 def test_learn_will_not_overwrite_its_parent(column_store: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = learn.main(["--store", str(column_store), "--out", str(SPOTNET)])
     assert code == 2 and "is the model learnt from" in capsys.readouterr().err
+
+
+def test_learn_takes_several_stores_each_held_out_on_its_own(column_store: Path, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """Several columns (or the twin's cells, tools/tune_spotnet.py): each store's newest are held out."""
+    other = labelled_store(tmp_path / "other", "reference", "holography", 12, seed=4)
+    out = tmp_path / "both.tflite"
+    code = learn.main(["--store", str(column_store), str(other), "--model", str(SPOTNET), "--out", str(out),
+                       "--steps", "10", "--twin-stacks", "24", "--twin-check-stacks", "4",
+                       "--evaluate-stacks", "0", "--held-out-fraction", "0.25", "--workers", "1",
+                       "--name", "spotnet-both"])
+    assert code == 0, capsys.readouterr().out
+    card = json.loads(out.with_suffix(".json").read_text())
+    held = card["evidence"]["column_held_out"]["ids"]
+    assert len(held) == 10 + 3
+    assert card["evidence"]["column_stacks_learnt"] == 30 + 9
+    learnt_from = card["training"]["datasets"][0]
+    assert str(column_store) in learnt_from and str(other) in learnt_from
+    assert card["model"]["name"] == "spotnet-both"

@@ -35,6 +35,9 @@ TRAIN = "keras,tensorflow,matplotlib,h5py,tqdm"
     ("study.py", ["--help"], TRAIN, "train"),
     ("train_spotnet.py", ["--help"], TRAIN, "train"),
     ("study_spotnet.py", ["--help"], TRAIN, "train"),
+    ("learn.py", ["--help"], TRAIN, "train"),
+    ("tune_spotnet.py", ["--help"], TRAIN, "train"),
+    ("bench_learning.py", ["--help"], TRAIN, "train"),
     ("acquire.py", ["--twin", "n13", "--out", "OUT"], TRAIN, "train"),
     ("twin_gallery.py", ["--help"], "matplotlib", "demo"),
 ])

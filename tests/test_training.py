@@ -186,10 +186,13 @@ def test_truth_label_refused_without_truth(data_files: tuple[Path, Path], tmp_pa
 
 
 def test_commands_have_help(capsys: pytest.CaptureFixture[str]) -> None:
+    import bench_learning
     import convert
+    import learn
     import train
+    import tune_spotnet
 
-    for module in (train, convert):
+    for module in (train, convert, learn, tune_spotnet, bench_learning):
         with pytest.raises(SystemExit) as exit_info:
             module.main(["--help"])
         assert exit_info.value.code == 0

@@ -52,8 +52,9 @@ from temalign.estimate.model_estimator import ModelError, ModelEstimator  # noqa
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--store", required=True, help="the daemon's stack store (store.dir; default "
-                   "paths.state_dir/stacks)")
+    p.add_argument("--store", required=True, nargs="+", metavar="DIR",
+                   help="the daemon's stack store (store.dir; default paths.state_dir/stacks), or several "
+                        "(columns, or the twin's cells: tools/tune_spotnet.py), each split on its own")
     p.add_argument("--model", default=str(shipped.default_model()),
                    help="the model to start from: the live one (default: the shipped spotnet)")
     p.add_argument("--out", required=True, help="the candidate .tflite to write (its card beside it)")
@@ -75,6 +76,8 @@ def parser() -> argparse.ArgumentParser:
                         "the daemon refuses the candidate until tools/evaluate.py has evaluated it)")
     add_limit_argument(p)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default=None,
+                   help="the candidate's name in its card (default: the parent's name and -learnt)")
     p.add_argument("--workers", type=int, default=None, help="rendering processes (default: every core)")
     return p
 
@@ -124,14 +127,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         live = ModelEstimator(parent)
         width = parent_width(live.card, parent)
-        stacks = column_stacks.labelled_stacks(args.store, say)
+        stores = [column_stacks.labelled_stacks(store, say) for store in args.store]
     except (ModelError, ValueError, OSError) as error:
         return fail(str(error))
+    stacks = [s for store in stores for s in store]
     if len(stacks) < args.min_stacks:
-        return fail(f"{len(stacks)} labelled stacks in {args.store}, fewer than --min-stacks "
+        return fail(f"{len(stacks)} labelled stacks in {', '.join(args.store)}, fewer than --min-stacks "
                     f"{args.min_stacks}: "
                     "let the daemon verify more corrections (or set a reference after aligning by hand)")
-    learn_from, held = column_stacks.split(stacks, args.held_out_fraction)
+    try:
+        parts = [column_stacks.split(store, args.held_out_fraction) for store in stores]
+    except ValueError as error:
+        return fail(str(error))
+    learn_from = [s for part in parts for s in part[0]]
+    held = [s for part in parts for s in part[1]]
     say(f"learning from {len(learn_from)} stacks, holding out the newest {len(held)}")
     before = held_out_figures(column_stacks.daemon_deltas(parent, held), held)
     say(f"parent {parent.name} on the held-out column stacks (the daemon's path): {before['rms_units']} "
@@ -159,16 +168,15 @@ def main(argv: list[str] | None = None) -> int:
     history = column_learning.fine_tune(model, column, twin, cfg, held_out=held_set, say=say)
     learn_s = time.monotonic() - t0
 
-    name = f"{live.card.get('model', {}).get('name', parent.stem)}-learnt"
+    name = args.name or f"{live.card.get('model', {}).get('name', parent.stem)}-learnt"
     date = datetime.now(UTC).date().isoformat()
     command = shlex.join(["tools/learn.py", *argv])
     kinds = {k: sum(1 for s in learn_from if s.kind == k) for k in column_stacks.LABEL_KINDS}
     card = {key: live.card[key] for key in ("output", "preprocess", "input_shape", "frames", "wobble_range",
                                             "c0_over_cf_range") if key in live.card}
     card["training"] = {
-        "datasets": [f"column stacks: {len(learn_from)} from {args.store} ({kinds['reference']} labelled "
-                     f"by a person's reference, {kinds['verified']} by verified corrections), "
-                     f"{learn_from[0].stored.id} to {learn_from[-1].stored.id}",
+        "datasets": [f"column stacks: {len(learn_from)} from {', '.join(args.store)} ({kinds['reference']} "
+                     f"labelled by a person's reference, {kinds['verified']} by verified corrections)",
                      f"traced twin, wide draws: {args.twin_stacks} stacks, seed {args.twin_seed} (mixed in)"],
         "parent": {"file": parent.name, "fingerprint": live.fingerprint,
                    "training": live.card.get("training")},
@@ -179,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     export = spot_export.export(model, out, twin_check, card, name=name, say=say)
     after = held_out_figures(column_stacks.daemon_deltas(out, held), held)
     evidence = {"column_held_out": {"parent": before, "candidate": after,
-                                    "ids": [held[0].stored.id, held[-1].stored.id],
+                                    "ids": [s.stored.id for s in held],
                                     "through": "the daemon's path (preprocessing, LiteRT, the walk, the "
                                                "calibration stored with each stack; the candidate with the "
                                                "classical M, as it runs in shadow)"},
