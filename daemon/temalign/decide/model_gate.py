@@ -6,10 +6,10 @@ made is any good; a model trained to 9.56 % RMSE once passed as "keeps accuracy"
 units on a column measured at 4. The card's `evaluation` (tools/evaluate.py) is the measurement;
 the gate compares its RMSE pooled over every stack of the card's named sets with
 `estimator.max_model_rmse_percent`. Pooled, not the worst set: one hard scene must not refuse a
-model that is right everywhere else (the shipped spot network's worst set, stigmated holography
-on the magnified column, is above 1 % while its pooled RMSE is well under); the worst set is named
-in every refusal, and the estimator-agreement gate still stands between any one estimate and a
-move."""
+model that is right everywhere else (the spot network's worst set, stigmated holography on the
+magnified column, was above 1 % before its tuning while its pooled RMSE was well under); the worst
+set is named in every refusal, and the estimator-agreement gate still stands between any one
+estimate and a move."""
 
 from __future__ import annotations
 
