@@ -41,7 +41,7 @@ import learn  # noqa: E402
 import numpy as np  # noqa: E402
 from benchkit.column_store import labelled_store  # noqa: E402
 from benchkit.harness import SHIPPED_MODEL, SimColumn, sim_column  # noqa: E402
-from benchkit.session import PERSON_SIGMA_UNITS, Sampler, _daemon  # noqa: E402
+from benchkit.session import PERSON_SIGMA_UNITS, Sampler, daemon_run  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from temalign.record.metrics import Metrics  # noqa: E402
@@ -84,7 +84,7 @@ def day(col: SimColumn, seed: int, start: float, end: float, person_every_s: flo
                               "holds_cleared": 0}
     marks = list(np.arange(start, end, person_every_s)[1:]) if person_every_s > 0 else []
     for stop in [*marks, end]:
-        log = _daemon(col, seed, float(stop))
+        log = daemon_run(col, seed, float(stop))
         totals["cycles"] += log["cycles"]
         totals["corrections"] += log["corrections"]
         for reason, n in log["refusals"].items():

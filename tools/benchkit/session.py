@@ -176,7 +176,7 @@ def run_session(seed: int, strategy: str, *, hours: float = 12.0, schedule: dict
         elif strategy == "person":
             record.update(_person(col, seed, t_end))
         else:
-            record.update(_daemon(col, seed, t_end))
+            record.update(daemon_run(col, seed, t_end))
         record.update(summarise(sampler.times, sampler.values, t_end))
         record["disturbed_fraction"] = record.get("disturbed_s", 0.0) / t_end
         if keep_trace:
@@ -227,7 +227,9 @@ def check_accuracy(logs: list[list[dict[str, Any]]], deadband: float) -> dict[st
             "missed_at_or_above_deadband": missed, "escalated_then_within_deadband": false_alarms}
 
 
-def _daemon(col: SimColumn, seed: int, t_end: float) -> dict[str, Any]:
+def daemon_run(col: SimColumn, seed: int, t_end: float) -> dict[str, Any]:
+    """The daemon's real cycle and scheduling policy on `col` until twin time `t_end`: its cycles,
+    outcomes, refusals and the journal's figures (tools/bench_learning.py runs it a day at a time)."""
     settings = col.settings
     jitter = np.random.default_rng([seed, 11])
     state = PlanState()

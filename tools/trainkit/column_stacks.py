@@ -12,7 +12,6 @@ classical M, which is what it runs with once in shadow or promoted."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +24,11 @@ from temalign.estimate.combined import CombinedEstimator
 from temalign.estimate.model_estimator import ModelEstimator
 from temalign.estimate.preprocess import resolve
 from temalign.frames import WobbleStack
+from temalign.record.stack_labels import preferred
 from temalign.record.stacks import StoredStack, list_stacks, read_stack
 from trainkit.column_learning import ColumnSet, to_delta_matrix
 
 LABEL_KINDS = ("reference", "verified")
-"""In order of preference."""
 
 
 @dataclass(frozen=True)
@@ -54,17 +53,6 @@ class Labelled:
                            source=str(meta.get("source", "stored")), kind=meta.get("frame_kind", "raw"))
 
 
-def label_of(stored: StoredStack) -> tuple[tuple[float, float], str] | None:
-    """The preferred label of a stored stack and its kind, or None without one."""
-    for kind in LABEL_KINDS:
-        said = stored.labels.get(kind)
-        if isinstance(said, dict) and isinstance(said.get("delta"), list) and len(said["delta"]) == 2:
-            dx, dy = (float(v) for v in said["delta"])
-            if math.isfinite(dx) and math.isfinite(dy):
-                return (dx, dy), kind
-    return None
-
-
 def labelled_stacks(directory: str | Path, say: Callable[[str], None] = print) -> list[Labelled]:
     """Every stack of the store with a label and a calibration, oldest first; ValueError when the
     directory holds no store."""
@@ -77,11 +65,11 @@ def labelled_stacks(directory: str | Path, say: Callable[[str], None] = print) -
     unlabelled = 0
     for path in paths:
         stored = read_stack(path)
-        said = label_of(stored)
+        said = preferred(stored.labels)
         if said is None or stored.meta.get("calibration") is None:
             unlabelled += 1
             continue
-        found.append(Labelled(stored, said[0], said[1]))
+        found.append(Labelled(stored, said[1], said[0]))
     kinds = {k: sum(1 for s in found if s.kind == k) for k in LABEL_KINDS}
     say(f"{directory}: {len(paths)} stacks, {len(found)} labelled ({kinds['reference']} by a person's "
         f"reference, {kinds['verified']} by a verified correction), {unlabelled} without a label")

@@ -27,6 +27,7 @@ from temalign.timetext import iso_time
 from temalign.values import JsonObject, finite, finite_float
 
 Pair = tuple[int, int]
+Vector = tuple[float, float]
 
 HANDS_KINDS = frozenset({"hands.aperture", "hands.c1"})
 """Journal entries that say a person touched the column: no reference labels after one."""
@@ -36,11 +37,11 @@ hundred entries; a reference further back labels nothing, which errs on the safe
 
 
 @dataclass(frozen=True)
-class KeptStack:
-    """A stack the store kept during this cycle: its id, which wobble it was, where the aperture was
-    and the clock time of its first frame, and its measurement."""
+class TakenStack:
+    """A full wobble of this cycle: its id in the stack store (None: not stored), which wobble it
+    was, where the aperture was and the clock time of its first frame, and its measurement."""
 
-    id: str
+    id: str | None
     wobble: str
     position: Pair | None
     taken: float
@@ -106,19 +107,31 @@ def reference_label(entries: Sequence[Mapping[str, object]], *, taken: float, po
     return None
 
 
-def cycle_labels(kept: Iterable[KeptStack], *, outcome: str, before: Measurement | None,
+def cycle_labels(taken: Iterable[TakenStack], *, outcome: str, before: Measurement | None,
                  applied: Sequence[float] | None, after: Measurement | None,
-                 journal: Sequence[Mapping[str, object]], window_s: float) -> dict[str, JsonObject]:
-    """Each kept stack's labels (by id): `verified` on the stack the correction acted on (the one
-    whose measurement is `before`), `reference` on every stack in a person's reference window."""
+                 journal: Sequence[Mapping[str, object]], window_s: float) -> list[JsonObject]:
+    """Each stack's labels, in order: `verified` on the stack the correction acted on (the one whose
+    measurement is `before`), `reference` on every stack in a person's reference window."""
     label = verified(outcome, applied, after)
-    out: dict[str, JsonObject] = {}
-    for k in kept:
+    out: list[JsonObject] = []
+    for k in taken:
         labels: JsonObject = {}
         if label is not None and k.measurement is before:
             labels["verified"] = label
         ref = reference_label(journal, taken=k.taken, position=k.position, window_s=window_s)
         if ref is not None:
             labels["reference"] = ref
-        out[k.id] = labels
+        out.append(labels)
     return out
+
+
+def preferred(labels: Mapping[str, object]) -> tuple[str, Vector] | None:
+    """The label a learner or the shadow goes by: a person's reference before a verified one (the
+    person's is independent of both estimators); its kind and delta, or None without one."""
+    for kind in ("reference", "verified"):
+        said = labels.get(kind)
+        if isinstance(said, Mapping):
+            delta = said.get("delta")
+            if isinstance(delta, list | tuple) and len(delta) == 2 and finite(*delta):
+                return kind, (float(delta[0]), float(delta[1]))
+    return None

@@ -293,9 +293,9 @@ class StackStore:
                 total -= self._sizes[old]
         if total + size > self.max_bytes:
             return f"store.max_bytes ({self.max_bytes}) is too small for the stack being kept"
-        free = free_bytes(self.directory) + (self._bytes - total)
-        if free - size < self.min_free_bytes:
-            return (f"low disk space: {free_bytes(self.directory)} bytes free on the store's file system, "
+        free_now = free_bytes(self.directory)
+        if free_now + (self._bytes - total) - size < self.min_free_bytes:
+            return (f"low disk space: {free_now} bytes free on the store's file system, "
                     f"store.min_free_bytes is {self.min_free_bytes}")
         for old in going:
             for suffix in (SIDECAR_SUFFIX, STACK_SUFFIX):

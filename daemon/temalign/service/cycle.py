@@ -53,11 +53,10 @@ from temalign.record.journal import Journal, JournalError
 from temalign.record.result import MICROSCOPE_UNREACHABLE, CycleResult
 from temalign.record.stack_labels import (
     REFERENCE_SCAN_ENTRIES,
-    KeptStack,
+    TakenStack,
     cycle_labels,
-    reference_label,
+    preferred,
     stack_meta,
-    verified,
 )
 from temalign.record.stacks import StackStore
 from temalign.record.state import FIRST_CORRECTION, RunState, StateChanges, StateStore, StateWriteError
@@ -174,9 +173,8 @@ class _Cycle:
         self.fields: CycleFields = {}
         self.at: Pair | None = None
         """Where the aperture is for the next wobble: read at the start, then each move's read-back."""
-        self.kept: list[KeptStack] = []
-        self.shadowed: list[tuple[Measurement, ShadowReading, float, Pair | None]] = []
-        """What the candidate in shadow said of each stack this cycle measured."""
+        self.taken: list[tuple[TakenStack, ShadowReading | None]] = []
+        """Each full wobble of this cycle, and what the candidate in shadow said of it."""
 
     def result(self, outcome: str, reason: str, detail: str) -> CycleResult:
         mode = "hold" if self.state.hold else self.state.mode
@@ -373,45 +371,54 @@ class _Cycle:
     def _measure(self, label: str, fraction: float | None) -> Measurement:
         op, stack = self._wobble(label, fraction=fraction)
         m = self.p.estimator.measure(stack)
-        self._keep(label, stack, m)
+        sid = self._keep(label, stack, m)
         if fraction is None:
             self._learn_check_bias(stack, m)
         self.p.journal.outcome(op, "wobble", ok=True, c1=stack.c1_before, trusted=m.trusted, reason=m.reason,
                                delta=rounded_pair(m.delta), model=rounded_pair(m.model_delta),
                                classical=rounded_pair(m.classical.delta) if m.classical else None)
-        if self.p.shadow is not None:
-            reading = self.p.shadow.read(self.p.estimator, stack, m, label)
-            self.shadowed.append((m, reading, float(stack.times[0]) if stack.times else math.nan, self.at))
+        reading = None if self.p.shadow is None else self.p.shadow.read(self.p.estimator, stack, m, label)
+        taken = float(stack.times[0]) if stack.times else math.nan
+        self.taken.append((TakenStack(sid, label, self.at, taken, m), reading))
         return m
 
-    def _keep(self, label: str, stack: WobbleStack, m: Measurement) -> None:
-        """The wobble into the stack store, if there is one (never fatal: record.stacks)."""
+    def _keep(self, label: str, stack: WobbleStack, m: Measurement) -> str | None:
+        """The wobble into the stack store, if there is one; its id (never fatal: record.stacks)."""
         store = self.p.stacks
         if store is None:
-            return
+            return None
         try:
             meta = stack_meta(stack, m, wobble=label, cycle_started=self.t0, position=self.at,
                               wall=self.p.wall(), estimator=self.p.estimator)
         except OSError:  # the model file, read for its fingerprint, gone from under the daemon
-            return
+            return None
         sid = store.put(stack, meta)
         if sid is not None:
-            self.kept.append(KeptStack(sid, label, self.at, float(stack.times[0]), m))
-            self.fields["stacks"] = tuple(k.id for k in self.kept)
+            self.fields["stacks"] = (*self.fields.get("stacks", ()), sid)
+        return sid
 
     def label_stacks(self, result: CycleResult) -> None:
-        """The cycle's outcome and the labels it earned (record.stack_labels) beside its stacks."""
-        store = self.p.stacks
-        if store is None or not self.kept:
+        """What the cycle's end says was right on each of its stacks (record.stack_labels), once:
+        beside each stored stack with the outcome, and as the score of the candidate in shadow and
+        the live model, by the label a learner would go by (a person's reference before a verified
+        one: no estimator's bias reaches the person's)."""
+        store, shadow = self.p.stacks, self.p.shadow
+        stored = store is not None and any(t.id is not None for t, _ in self.taken)
+        if not (stored or (shadow is not None and self.taken)):
             return
         try:
             journal = self.p.journal.tail(REFERENCE_SCAN_ENTRIES)
         except (JournalError, OSError):
             journal = []  # no person's reference to be found: no reference labels
-        labels = cycle_labels(self.kept, outcome=result.outcome, before=result.before, applied=result.applied,
-                              after=result.after, journal=journal, window_s=self.s.store.reference_label_s)
-        for sid, said in labels.items():
-            store.label(sid, result.outcome, said)
+        labels = cycle_labels([t for t, _ in self.taken], outcome=result.outcome, before=result.before,
+                              applied=result.applied, after=result.after, journal=journal,
+                              window_s=self.s.store.reference_label_s)
+        for (t, reading), said in zip(self.taken, labels, strict=True):
+            if store is not None and t.id is not None:
+                store.label(t.id, result.outcome, said)
+            best = preferred(said)
+            if shadow is not None and reading is not None and best is not None:
+                shadow.verified(t.measurement, reading, best[1], by=best[0])
 
     def _learn_check_bias(self, stack: WobbleStack, m: Measurement) -> None:
         """What the check would have read on this trusted wobble's own frames, less what the
@@ -477,28 +484,6 @@ class _Cycle:
             self.p.journal.append("reference", position=acted.position_after, set_by=FIRST_CORRECTION)
         return self.result(CORRECTED, decision.reason, f"{decision.detail}; {acted.detail}")
 
-    def teach_shadow(self, result: CycleResult) -> None:
-        """What the cycle's end says was right scores the candidate in shadow and the live model,
-        once per stack: a person's reference where one labels the stack (record.stack_labels: a
-        person said where aligned is, which no estimator's bias can reach), else, on the stack a
-        correction was decided on, the verified label (record.label.verified_label; a verification
-        that was not trusted teaches nothing)."""
-        shadow = self.p.shadow
-        if shadow is None or not self.shadowed:
-            return
-        said = verified(result.outcome, result.applied, result.after)
-        try:
-            journal = self.p.journal.tail(REFERENCE_SCAN_ENTRIES)
-        except (JournalError, OSError):
-            journal = []  # no person's reference to be found: verified labels only
-        window = self.s.store.reference_label_s
-        for m, reading, taken, position in self.shadowed:
-            ref = reference_label(journal, taken=taken, position=position, window_s=window)
-            if ref is not None:
-                shadow.verified(m, reading, (float(ref["delta"][0]), float(ref["delta"][1])), by="reference")
-            elif said is not None and m is result.before:
-                shadow.verified(m, reading, (float(said["delta"][0]), float(said["delta"][1])))
-
     # ---- state ----------------------------------------------------------------------------------
 
     def hold(self, reason: str, detail: str, why: str) -> CycleResult:
@@ -546,7 +531,6 @@ def run_cycle(parts: Parts, *, asked: column.Asked = "schedule", look: str = "fu
     cycle = _Cycle(parts, asked, look)
     result = cycle.run()
     cycle.label_stacks(result)
-    cycle.teach_shadow(result)
     try:
         parts.journal.append("cycle", **result.to_json())
     except JournalError as error:  # kept by the journal, written once the disk takes it
